@@ -1,0 +1,166 @@
+"""What a source holds, as plain frozen data: the catalog that becomes a bundle's index.
+
+A :class:`Catalog` is content-addressed: a manifest or blob is described once, whatever number of
+repositories hold it; each :class:`Repository` names the manifests it holds and its tags.  The blobs a
+repository needs (its ``_layers`` links) follow from its manifests, so they are derived, not stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from .manifest import BlobRef, ChildRef
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    size: int
+    #: bundled configs and layers, config first
+    blobs: tuple[str, ...]
+    #: foreign layers whose bytes were not in the source (clients fetch them from their urls)
+    foreign: tuple[BlobRef, ...] = ()
+    children: tuple[ChildRef, ...] = ()
+    subject: str | None = None
+    artifact_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    #: tag -> manifest digest (the tag's ``current`` target)
+    tags: Mapping[str, str]
+    #: every manifest this repository holds: tag targets, index children, and untagged manifests
+    manifests: tuple[str, ...]
+    #: top-level manifests exported without a tag (``--untagged``)
+    untagged: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An image left out of the bundle, and why (broken with ``--skip-broken``, or unpullable tag)."""
+
+    repository: str
+    tag: str | None
+    digest: str | None
+    reason: str
+    missing: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        if self.tag is not None:
+            return f"{self.repository}:{self.tag}"
+        return f"{self.repository}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class Image:
+    """One exported entry point: a tag, or an untagged top-level manifest."""
+
+    repository: str
+    tag: str | None
+    digest: str
+    media_type: str
+    size: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}:{self.tag}" if self.tag is not None else f"{self.repository}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    repositories: tuple[Repository, ...]
+    manifests: Mapping[str, Manifest]
+    blobs: Mapping[str, Blob]
+    skipped: tuple[Skipped, ...] = ()
+    _closure_cache: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def images(self) -> Iterator[Image]:
+        for repo in self.repositories:
+            for tag, digest in sorted(repo.tags.items()):
+                m = self.manifests[digest]
+                yield Image(repo.name, tag, digest, m.media_type, m.size)
+            for digest in repo.untagged:
+                m = self.manifests[digest]
+                yield Image(repo.name, None, digest, m.media_type, m.size)
+
+    def closure(self, digest: str) -> tuple[str, ...]:
+        """Every manifest and blob digest ``digest`` needs, itself first (children before their blobs)."""
+        cached = self._closure_cache.get(digest)
+        if cached is not None:
+            return cached
+        out: dict[str, None] = {digest: None}
+        m = self.manifests[digest]
+        for child in m.children:
+            for d in self.closure(child.digest):
+                out.setdefault(d, None)
+        for b in m.blobs:
+            out.setdefault(b, None)
+        result = tuple(out)
+        self._closure_cache[digest] = result
+        return result
+
+    def repository_blobs(self, repo: Repository) -> list[str]:
+        """Config and layer digests the repository links in ``_layers`` (first-seen order, no repeats)."""
+        out: dict[str, None] = {}
+        for d in repo.manifests:
+            for b in self.manifests[d].blobs:
+                out.setdefault(b, None)
+        return list(out)
+
+    def manifest_order(self) -> list[str]:
+        """Every manifest, children before the indexes that list them (the order a registry accepts)."""
+        out: dict[str, None] = {}
+
+        def visit(d: str) -> None:
+            if d in out:
+                return
+            for child in self.manifests[d].children:
+                if child.digest in self.manifests:
+                    visit(child.digest)
+            out[d] = None
+
+        for d in sorted(self.manifests):
+            visit(d)
+        return list(out)
+
+    def blob_order(self) -> list[str]:
+        """Configs and layers in repository order: a streaming reader meets a repository's blobs together."""
+        out: dict[str, None] = {}
+        for repo in self.repositories:
+            for b in self.repository_blobs(repo):
+                out.setdefault(b, None)
+        for b in sorted(self.blobs):  # blobs no repository lists cannot exist, but never drop one
+            out.setdefault(b, None)
+        return list(out)
+
+    def size_of(self, digest: str) -> int:
+        b = self.blobs.get(digest)
+        return b.size if b is not None else self.manifests[digest].size
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b.size for b in self.blobs.values()) + sum(m.size for m in self.manifests.values())
+
+    def repositories_holding(self) -> dict[str, list[str]]:
+        """digest -> repositories that need it (a manifest: revision link; a blob: _layers link)."""
+        holders: dict[str, list[str]] = {}
+        for repo in self.repositories:
+            for d in repo.manifests:
+                holders.setdefault(d, []).append(repo.name)
+            for b in self.repository_blobs(repo):
+                holders.setdefault(b, []).append(repo.name)
+        return holders
+
+
+__all__ = ["Blob", "Catalog", "Image", "Manifest", "Repository", "Skipped"]

@@ -1,0 +1,165 @@
+"""Docker Distribution's storage layout as typed path specs, after distribution's registry/storage/paths.go.
+
+One function, :meth:`StorageLayout.path`, maps every spec to a path below a root that is a parameter, so
+the same code reads a registry's tree (export) and writes Harbor 1.x storage (restore).
+
+    <root>/docker/registry/v2/
+        blobs/<alg>/<hex[:2]>/<hex>/data
+        repositories/<name>/_layers/<alg>/<hex>/link
+        repositories/<name>/_manifests/revisions/<alg>/<hex>/link
+        repositories/<name>/_manifests/tags/<tag>/current/link
+        repositories/<name>/_manifests/tags/<tag>/index/<alg>/<hex>/link
+
+A link file holds exactly ``<alg>:<hex>`` with no newline.  Repository names may nest, and a repository may
+sit inside another (``team/sub`` and ``team/sub/app``); the leading ``_`` of ``_layers``/``_manifests``/
+``_uploads`` cannot start a name component, so the two never collide.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from ..digest import Digest
+
+V2_SUFFIX = PurePosixPath("docker/registry/v2")
+
+# distribution/reference grammar (reference/regexp.go), one path component and the whole name
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+COMPONENT_RE = re.compile(rf"^{_COMPONENT}$")
+TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)
+#: distribution refuses names longer than this (reference.NameTotalLengthMax)
+NAME_MAX = 255
+
+
+def valid_repository(name: str) -> bool:
+    return len(name) <= NAME_MAX and bool(REPOSITORY_RE.match(name))
+
+
+def valid_tag(tag: str) -> bool:
+    return bool(TAG_RE.match(tag))
+
+
+@dataclass(frozen=True)
+class BlobData:
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class RepositoriesRoot:
+    pass
+
+
+@dataclass(frozen=True)
+class RepositoryDir:
+    repo: str
+
+
+@dataclass(frozen=True)
+class LayerLink:
+    repo: str
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class ManifestRevisionsDir:
+    repo: str
+
+
+@dataclass(frozen=True)
+class ManifestRevisionLink:
+    repo: str
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class TagsDir:
+    repo: str
+
+
+@dataclass(frozen=True)
+class TagCurrentLink:
+    repo: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class TagIndexEntryLink:
+    repo: str
+    tag: str
+    digest: Digest
+
+
+PathSpec = (
+    BlobData
+    | RepositoriesRoot
+    | RepositoryDir
+    | LayerLink
+    | ManifestRevisionsDir
+    | ManifestRevisionLink
+    | TagsDir
+    | TagCurrentLink
+    | TagIndexEntryLink
+)
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    """Maps path specs to paths below ``v2`` (the ``docker/registry/v2`` directory)."""
+
+    v2: PurePosixPath
+
+    @classmethod
+    def for_root(cls, root: str | PurePosixPath) -> StorageLayout:
+        """The layout of a registry whose ``rootdirectory`` is ``root`` (Harbor 1.x: /data/registry)."""
+        return cls(PurePosixPath(root) / V2_SUFFIX)
+
+    def path(self, spec: PathSpec) -> PurePosixPath:
+        repos = self.v2 / "repositories"
+        match spec:
+            case BlobData(d):
+                return self.v2 / "blobs" / d.algorithm / d.hex[:2] / d.hex / "data"
+            case RepositoriesRoot():
+                return repos
+            case RepositoryDir(repo):
+                return repos / repo
+            case LayerLink(repo, d):
+                return repos / repo / "_layers" / d.algorithm / d.hex / "link"
+            case ManifestRevisionsDir(repo):
+                return repos / repo / "_manifests" / "revisions"
+            case ManifestRevisionLink(repo, d):
+                return repos / repo / "_manifests" / "revisions" / d.algorithm / d.hex / "link"
+            case TagsDir(repo):
+                return repos / repo / "_manifests" / "tags"
+            case TagCurrentLink(repo, tag):
+                return repos / repo / "_manifests" / "tags" / tag / "current" / "link"
+            case TagIndexEntryLink(repo, tag, d):
+                return repos / repo / "_manifests" / "tags" / tag / "index" / d.algorithm / d.hex / "link"
+        raise TypeError(f"unknown path spec {spec!r}")
+
+
+def parse_link(content: bytes) -> Digest:
+    """Parse a link file strictly, as the registry does (no newline, lower-case hex)."""
+    return Digest.parse(content.decode("ascii", errors="replace"))
+
+
+__all__ = [
+    "NAME_MAX",
+    "V2_SUFFIX",
+    "BlobData",
+    "LayerLink",
+    "ManifestRevisionLink",
+    "ManifestRevisionsDir",
+    "PathSpec",
+    "RepositoriesRoot",
+    "RepositoryDir",
+    "StorageLayout",
+    "TagCurrentLink",
+    "TagIndexEntryLink",
+    "TagsDir",
+    "parse_link",
+    "valid_repository",
+    "valid_tag",
+]

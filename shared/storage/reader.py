@@ -1,0 +1,405 @@
+"""Reading a Docker Distribution storage tree: find every image, follow it completely, check every byte.
+
+The walk follows what the registry itself does to serve an image, never what a script would guess:
+
+* a repository is a directory holding ``_manifests``, at any depth, possibly inside another repository;
+* a tag's target is ``_manifests/tags/<tag>/current/link`` (``index/`` is history); any tag name works,
+  ``current``, ``index`` and ``link`` included, because tags are only ever entries of ``tags/``;
+* a manifest is served only if the repository has its revision link and the blob data exists; an index's
+  children must be revisions of the same repository;
+* ``--untagged`` adds revisions no tag reaches; a revision folder without ``link`` was deleted;
+* ``_uploads`` and blobs no manifest references are never read.
+
+:func:`scan` returns the :class:`~shared.model.Catalog` plus where each digest's bytes are.  It reads every
+manifest and hashes every blob (on all cores) before anything is written, so a broken source stops the
+export with the complete list of what is wrong.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from ..digest import Digest, digest_of, hash_range, xxh3_of
+from ..errors import BrokenImage, BrokenImages
+from ..manifest import ManifestError, ManifestInfo, parse_manifest
+from ..model import Blob, Catalog, Manifest, Repository, Skipped
+from ..progress import Progress, ProgressCallback, no_progress
+from ..store import BlobContent
+from .fs import Extent, TreeFS
+from .paths import (
+    BlobData,
+    ManifestRevisionsDir,
+    RepositoriesRoot,
+    StorageLayout,
+    TagCurrentLink,
+    TagsDir,
+    parse_link,
+    valid_repository,
+)
+
+log = logging.getLogger(__name__)
+
+LINK_MAX = 200
+#: larger than any registry accepts (distribution: 4 MiB by default), small enough to never exhaust memory
+MANIFEST_MAX = 32 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which images to take.  Patterns are shell globs; one with ``:`` matches ``repository:tag``,
+    one without matches the repository name.  ``*`` crosses ``/``."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    untagged: bool = False
+
+    def wants(self, repo: str, tag: str | None) -> bool:
+        def hit(p: str) -> bool:
+            if ":" in p:
+                return tag is not None and fnmatch.fnmatchcase(f"{repo}:{tag}", p)
+            return fnmatch.fnmatchcase(repo, p)
+
+        if self.include and not any(hit(p) for p in self.include):
+            return False
+        return not any(hit(p) for p in self.exclude)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScanOptions:
+    selection: Selection = field(default_factory=Selection)
+    skip_broken: bool = False
+    jobs: int = 0  # 0: one per core
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    catalog: Catalog
+    #: digest -> where its bytes are (every bundled blob and manifest)
+    extents: Mapping[str, Extent]
+    #: digest -> xxh3-128 of its bytes, computed while verifying
+    xxh3: Mapping[str, str]
+    broken: tuple[BrokenImage, ...]
+
+
+@dataclass
+class _Loaded:
+    info: ManifestInfo | None
+    problem: str | None
+    extent: Extent | None
+    xxh3: str | None
+
+
+class _Tree:
+    def __init__(self, fs: TreeFS) -> None:
+        self.fs = fs
+        self.layout = StorageLayout(PurePosixPath("."))
+        self._manifests: dict[str, _Loaded] = {}
+        self._blob_extents: dict[str, Extent | None] = {}
+
+    def p(self, spec: object) -> PurePosixPath:
+        return self.layout.path(spec)  # type: ignore[arg-type]
+
+    def repositories(self) -> Iterator[str]:
+        def walk(rel: PurePosixPath, name: str) -> Iterator[str]:
+            dirs = sorted(n for n, is_dir in self.fs.list_dir(rel) if is_dir)
+            if "_manifests" in dirs and name:
+                if valid_repository(name):
+                    yield name
+                else:
+                    log.warning("skipping %r: not a valid repository name", name)
+            for d in dirs:
+                if not d.startswith("_"):
+                    yield from walk(rel / d, f"{name}/{d}" if name else d)
+
+        yield from walk(self.p(RepositoriesRoot()), "")
+
+    def _link(self, path: PurePosixPath) -> Digest | str | None:
+        raw = self.fs.read(path, LINK_MAX)
+        if raw is None:
+            return None
+        try:
+            return parse_link(raw)
+        except ValueError:
+            return f"invalid link {raw[:80]!r}"
+
+    def tags(self, repo: str) -> tuple[dict[str, str], list[Skipped]]:
+        tags: dict[str, str] = {}
+        bad: list[Skipped] = []
+        for tag, is_dir in sorted(self.fs.list_dir(self.p(TagsDir(repo)))):
+            if not is_dir:
+                continue
+            link = self._link(self.p(TagCurrentLink(repo, tag)))
+            if isinstance(link, Digest):
+                tags[tag] = str(link)
+            else:
+                reason = (
+                    link
+                    if isinstance(link, str)
+                    else "tag has no current/link (the registry cannot serve it)"
+                )
+                bad.append(Skipped(repo, tag, None, reason))
+        return tags, bad
+
+    def revisions(self, repo: str) -> set[str]:
+        out: set[str] = set()
+        base = self.p(ManifestRevisionsDir(repo))
+        for alg, is_dir in self.fs.list_dir(base):
+            if not is_dir:
+                continue
+            for hexd, is_dir2 in self.fs.list_dir(base / alg):
+                link = self._link(base / alg / hexd / "link") if is_dir2 else None
+                # a revision folder whose link is gone was deleted through the API
+                if isinstance(link, Digest) and str(link) == f"{alg}:{hexd}":
+                    out.add(str(link))
+        return out
+
+    def blob_extent(self, digest: str) -> Extent | None:
+        if digest not in self._blob_extents:
+            self._blob_extents[digest] = self.fs.extent(self.p(BlobData(Digest.parse(digest))))
+        return self._blob_extents[digest]
+
+    def manifest(self, digest: str) -> _Loaded:
+        got = self._manifests.get(digest)
+        if got is not None:
+            return got
+        ext = self.blob_extent(digest)
+        if ext is None:
+            got = _Loaded(None, "manifest data missing", None, None)
+        elif ext.size > MANIFEST_MAX:
+            got = _Loaded(
+                None, f"manifest of {ext.size} bytes is larger than any registry accepts", ext, None
+            )
+        else:
+            raw = self.fs.read(self.p(BlobData(Digest.parse(digest))), MANIFEST_MAX) or b""
+            alg = digest.split(":", 1)[0]
+            if digest_of(raw, alg) != digest:
+                got = _Loaded(None, "manifest bytes do not match their digest", ext, None)
+            else:
+                try:
+                    got = _Loaded(parse_manifest(raw), None, ext, xxh3_of(raw))
+                except ManifestError as e:
+                    got = _Loaded(None, f"manifest unreadable: {e}", ext, None)
+        self._manifests[digest] = got
+        return got
+
+
+@dataclass
+class _Root:
+    repo: str
+    tag: str | None
+    digest: str
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (reason, digest)
+    closure: list[str] = field(default_factory=list)  # manifests and bundled blobs
+
+
+def _follow(tree: _Tree, root: _Root, revisions: set[str]) -> None:
+    seen: set[str] = set()
+
+    def visit(d: str) -> None:
+        if d in seen:
+            return
+        seen.add(d)
+        root.closure.append(d)
+        if d not in revisions:
+            root.problems.append(("manifest is not linked in the repository (no revision link)", d))
+        loaded = tree.manifest(d)
+        if loaded.info is None:
+            root.problems.append((loaded.problem or "manifest unreadable", d))
+            return
+        for child in loaded.info.children:
+            visit(child.digest)
+        for b in loaded.info.blobs:
+            if b.digest in seen:
+                continue
+            ext = tree.blob_extent(b.digest)
+            if ext is None:
+                if not b.foreign:
+                    root.problems.append(("blob missing", b.digest))
+                continue
+            seen.add(b.digest)
+            if b.size >= 0 and ext.size != b.size:
+                root.problems.append((f"blob is {ext.size} bytes, manifest says {b.size}", b.digest))
+            root.closure.append(b.digest)
+
+    visit(root.digest)
+
+
+def _reachable(tree: _Tree, digests: list[str]) -> set[str]:
+    out: set[str] = set()
+    stack = list(digests)
+    while stack:
+        d = stack.pop()
+        if d in out:
+            continue
+        out.add(d)
+        info = tree.manifest(d).info
+        if info is not None:
+            stack.extend(c.digest for c in info.children)
+    return out
+
+
+def _size(ext: Extent | None) -> int:
+    return ext.size if ext is not None else 0
+
+
+def _hash_blobs(
+    tree: _Tree, digests: list[str], jobs: int, on_progress: ProgressCallback
+) -> tuple[dict[str, str], dict[str, str]]:
+    """sha256 + xxh3 of every blob on ``jobs`` threads; returns (xxh3 by digest, problem by digest)."""
+    total = sum(e.size for d in digests if (e := tree.blob_extent(d)) is not None)
+    done = 0
+    lock = threading.Lock()
+    xxh: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    on_progress(Progress("verify source", 0, total))
+
+    def one(d: str) -> None:
+        nonlocal done
+        ext = tree.blob_extent(d)
+        assert ext is not None
+        fd = os.open(ext.path, os.O_RDONLY)
+        try:
+            h = hash_range(fd, ext.offset, ext.size, d.split(":", 1)[0])
+        finally:
+            os.close(fd)
+        with lock:
+            if h.size != ext.size:
+                bad[d] = f"blob data is truncated ({h.size} of {ext.size} bytes readable)"
+            elif h.digest != d:
+                bad[d] = f"blob bytes hash to {h.digest}"
+            xxh[d] = h.xxh3
+            done += ext.size
+            on_progress(Progress("verify source", done, total, files=len(xxh)))
+
+    # largest first: the pool then ends with small files instead of one core idling on a huge layer
+    order = sorted(digests, key=lambda d: -_size(tree.blob_extent(d)))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(one, order))
+    return xxh, bad
+
+
+def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_progress) -> ScanResult:
+    """Walk the tree, follow the selected images, verify their bytes; raise :class:`BrokenImages` unless
+    ``skip_broken``, in which case broken images are left out and listed in ``catalog.skipped``."""
+    tree = _Tree(fs)
+    sel = options.selection
+    roots: list[_Root] = []
+    skipped: list[Skipped] = []
+    for repo in tree.repositories():
+        tags, bad_tags = tree.tags(repo)
+        revisions = tree.revisions(repo)
+        repo_roots = [_Root(repo, t, d) for t, d in tags.items() if sel.wants(repo, t)]
+        skipped.extend(s for s in bad_tags if sel.wants(repo, s.tag))
+        if sel.untagged and sel.wants(repo, None):
+            # reachability counts every tag, selected or not: an excluded tag is not "untagged"
+            tagged = _reachable(tree, list(tags.values()))
+            loose = sorted(revisions - tagged)
+            children = {c.digest for d in loose if (i := tree.manifest(d).info) for c in i.children}
+            repo_roots += [_Root(repo, None, d) for d in loose if d not in children]
+        for r in repo_roots:
+            _follow(tree, r, revisions)
+        roots += repo_roots
+        on_progress(Progress("scan", len(roots), 0, unit="images"))
+
+    blob_digests = sorted(
+        {d for r in roots for d in r.closure if tree.blob_extent(d) and d not in tree._manifests}
+    )
+    jobs = options.jobs or os.cpu_count() or 1
+    blob_xxh3, bad_blobs = _hash_blobs(tree, blob_digests, jobs, on_progress)
+
+    broken: list[BrokenImage] = []
+    good: list[_Root] = []
+    for r in roots:
+        problems = r.problems + [(bad_blobs[d], d) for d in r.closure if d in bad_blobs]
+        if problems:
+            reasons = sorted({p[0] for p in problems})
+            broken.append(
+                BrokenImage(
+                    r.repo, r.tag, r.digest, "; ".join(reasons), tuple(dict.fromkeys(p[1] for p in problems))
+                )
+            )
+        else:
+            good.append(r)
+    if broken and not options.skip_broken:
+        raise BrokenImages(tuple(broken))
+    skipped += [Skipped(b.repository, b.tag, b.digest, b.reason, b.missing) for b in broken]
+
+    return _build(tree, good, skipped, blob_xxh3, tuple(broken))
+
+
+def _build(
+    tree: _Tree,
+    good: list[_Root],
+    skipped: list[Skipped],
+    blob_xxh3: dict[str, str],
+    broken: tuple[BrokenImage, ...],
+) -> ScanResult:
+    manifests: dict[str, Manifest] = {}
+    blobs: dict[str, Blob] = {}
+    extents: dict[str, Extent] = {}
+    xxh3: dict[str, str] = {}
+    by_repo: dict[str, list[_Root]] = {}
+    for r in good:
+        by_repo.setdefault(r.repo, []).append(r)
+        for d in r.closure:
+            loaded = tree._manifests.get(d)
+            if loaded is not None:
+                if d not in manifests:
+                    info, ext = loaded.info, loaded.extent
+                    assert info is not None and ext is not None and loaded.xxh3 is not None
+                    bundled = tuple(b.digest for b in info.blobs if tree.blob_extent(b.digest) is not None)
+                    foreign = tuple(b for b in info.blobs if tree.blob_extent(b.digest) is None)
+                    manifests[d] = Manifest(
+                        d,
+                        info.media_type,
+                        ext.size,
+                        bundled,
+                        foreign,
+                        info.children,
+                        info.subject,
+                        info.artifact_type,
+                    )
+                    extents[d], xxh3[d] = ext, loaded.xxh3
+            elif d not in blobs:
+                ext = tree.blob_extent(d)
+                assert ext is not None
+                blobs[d] = Blob(d, ext.size, "")
+                extents[d], xxh3[d] = ext, blob_xxh3[d]
+    # media types come from the manifests that reference the blob (storage does not keep them)
+    for m in manifests.values():
+        info = tree._manifests[m.digest].info
+        assert info is not None
+        for b in info.blobs:
+            if b.digest in blobs and not blobs[b.digest].media_type:
+                blobs[b.digest] = Blob(b.digest, blobs[b.digest].size, b.media_type)
+    repos = []
+    for name, rs in by_repo.items():
+        tags = {r.tag: r.digest for r in rs if r.tag is not None}
+        held = dict.fromkeys(d for r in rs for d in r.closure if d in manifests)
+        untagged = tuple(r.digest for r in rs if r.tag is None)
+        repos.append(Repository(name, tags, tuple(held), untagged))
+    catalog = Catalog(tuple(repos), manifests, blobs, tuple(skipped))
+    return ScanResult(catalog, extents, xxh3, broken)
+
+
+class TreeSource:
+    """A scanned storage tree as an :class:`~shared.store.ImageSource`; all content is pre-verified."""
+
+    def __init__(self, result: ScanResult) -> None:
+        self.catalog = result.catalog
+        self._result = result
+
+    def contents(self) -> Iterator[BlobContent]:
+        for d in self.catalog.blob_order() + self.catalog.manifest_order():
+            ext = self._result.extents[d]
+            yield BlobContent(d, ext.size, (ext,), verified=True, xxh3=self._result.xxh3[d])
+
+
+__all__ = ["ScanOptions", "ScanResult", "Selection", "TreeSource", "scan"]
