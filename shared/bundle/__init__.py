@@ -1,0 +1,1 @@
+"""The ferry bundle: format, writer, reader."""

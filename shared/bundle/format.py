@@ -1,0 +1,250 @@
+"""The ferry bundle format, version 1.0 (specs/bundle-format.md is the normative text).
+
+A bundle is a plain, uncompressed POSIX tar:
+
+    ferry/index.msgpack.zst   first: the whole plan (msgpack map, one zstandard frame)
+    oci-layout                OCI image layout marker, so stock tools can read the bundle
+    index.json                OCI image index naming each tagged image ``repository:tag``
+    blobs/<alg>/<hex>         every config and layer once, then every manifest (children first)
+    ferry/trailer.msgpack     last: xxh3-128 of every member and of the index, so truncation shows
+
+Versioning: ``version`` is ``[major, minor]``.  A reader refuses a major it does not know; minor versions
+only add keys, which readers ignore.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zstandard
+
+from ..digest import Digest
+from ..errors import BundleFormatError, BundleVersionError
+from ..manifest import INDEX_TYPES, SCHEMA1_TYPES, BlobRef, ChildRef, MediaType
+from ..model import Blob, Catalog, Manifest, Repository, Skipped
+
+FORMAT = "ferry-bundle"
+TRAILER_FORMAT = "ferry-bundle-trailer"
+VERSION = (1, 0)
+INDEX_MEMBER = "ferry/index.msgpack.zst"
+TRAILER_MEMBER = "ferry/trailer.msgpack"
+OCI_LAYOUT_MEMBER = "oci-layout"
+OCI_INDEX_MEMBER = "index.json"
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+REF_NAME = "org.opencontainers.image.ref.name"
+#: an index larger than this is refused before decompression (a 5000-tag index is about 2 MiB)
+INDEX_MAX = 1 << 30
+
+
+def blob_member(digest: str) -> str:
+    d = Digest.parse(digest)
+    return f"blobs/{d.algorithm}/{d.hex}"
+
+
+def member_digest(name: str) -> str | None:
+    """The digest a ``blobs/<alg>/<hex>`` member holds, or None for any other name."""
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == "blobs":
+        text = f"{parts[1]}:{parts[2]}"
+        if Digest.is_valid(text):
+            return text
+    return None
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """Facts about a bundle that are not part of the catalog."""
+
+    ferry_version: str
+    created: str
+    source: dict[str, Any]
+    options: dict[str, Any]
+    volume_size: int | None
+    version: tuple[int, int] = VERSION
+
+
+def encode_index(catalog: Catalog, info: BundleInfo) -> bytes:
+    doc = {
+        "format": FORMAT,
+        "version": list(info.version),
+        "ferry_version": info.ferry_version,
+        "created": info.created,
+        "source": info.source,
+        "options": info.options,
+        "volume_size": info.volume_size,
+        "repositories": [
+            {
+                "name": r.name,
+                "tags": dict(r.tags),
+                "manifests": list(r.manifests),
+                "untagged": list(r.untagged),
+            }
+            for r in catalog.repositories
+        ],
+        "manifests": {d: _manifest_doc(m) for d, m in catalog.manifests.items()},
+        "blobs": {d: {"size": b.size, "mediaType": b.media_type} for d, b in catalog.blobs.items()},
+        "order": catalog.blob_order() + catalog.manifest_order(),
+        "skipped": [
+            {
+                "repository": s.repository,
+                "tag": s.tag,
+                "digest": s.digest,
+                "reason": s.reason,
+                "missing": list(s.missing),
+            }
+            for s in catalog.skipped
+        ],
+    }
+    packed = msgpack.packb(doc, use_bin_type=True)
+    return bytes(zstandard.ZstdCompressor(level=3, write_content_size=True).compress(packed))
+
+
+def _manifest_doc(m: Manifest) -> dict[str, Any]:
+    return {
+        "mediaType": m.media_type,
+        "size": m.size,
+        "blobs": list(m.blobs),
+        "foreign": [
+            {"digest": b.digest, "size": b.size, "mediaType": b.media_type, "urls": list(b.urls)}
+            for b in m.foreign
+        ],
+        "children": [
+            {"digest": c.digest, "size": c.size, "mediaType": c.media_type, "platform": c.platform}
+            for c in m.children
+        ],
+        "subject": m.subject,
+        "artifactType": m.artifact_type,
+    }
+
+
+def decode_index(data: bytes) -> tuple[Catalog, BundleInfo, list[str]]:
+    """Parse an index; returns the catalog, the bundle facts and the member order of the blobs."""
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=INDEX_MAX)
+        doc = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except (zstandard.ZstdError, ValueError, msgpack.UnpackException) as e:
+        raise BundleFormatError(f"the bundle index is unreadable ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise BundleFormatError("the first member is not a ferry bundle index")
+    check_version(doc.get("version"))
+    try:
+        manifests = {d: _manifest_from(d, m) for d, m in doc["manifests"].items()}
+        blobs = {d: Blob(d, int(b["size"]), str(b.get("mediaType", ""))) for d, b in doc["blobs"].items()}
+        repos = tuple(
+            Repository(r["name"], dict(r["tags"]), tuple(r["manifests"]), tuple(r.get("untagged", ())))
+            for r in doc["repositories"]
+        )
+        skipped = tuple(
+            Skipped(s["repository"], s.get("tag"), s.get("digest"), s["reason"], tuple(s.get("missing", ())))
+            for s in doc.get("skipped", ())
+        )
+        info = BundleInfo(
+            str(doc.get("ferry_version", "")),
+            str(doc.get("created", "")),
+            dict(doc.get("source") or {}),
+            dict(doc.get("options") or {}),
+            doc.get("volume_size"),
+            (int(doc["version"][0]), int(doc["version"][1])),
+        )
+        order = list(doc["order"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleFormatError(f"the bundle index is malformed ({type(e).__name__}: {e})") from None
+    return Catalog(repos, manifests, blobs, skipped), info, order
+
+
+def _manifest_from(digest: str, m: dict[str, Any]) -> Manifest:
+    return Manifest(
+        digest,
+        str(m["mediaType"]),
+        int(m["size"]),
+        tuple(m["blobs"]),
+        tuple(
+            BlobRef(f["digest"], int(f["size"]), f["mediaType"], tuple(f.get("urls", ())))
+            for f in m.get("foreign", ())
+        ),
+        tuple(
+            ChildRef(c["digest"], int(c["size"]), c["mediaType"], c.get("platform"))
+            for c in m.get("children", ())
+        ),
+        m.get("subject"),
+        m.get("artifactType"),
+    )
+
+
+def check_version(version: Any) -> None:
+    if not (
+        isinstance(version, list | tuple) and len(version) == 2 and all(isinstance(v, int) for v in version)
+    ):
+        raise BundleFormatError(f"the bundle index has no valid version ({version!r})")
+    if version[0] != VERSION[0]:
+        raise BundleVersionError(f"{version[0]}.{version[1]}", f"{VERSION[0]}.x")
+
+
+def encode_trailer(index_xxh3: str, members: list[tuple[str, int, str]]) -> bytes:
+    doc = {
+        "format": TRAILER_FORMAT,
+        "version": list(VERSION),
+        "index_xxh3": index_xxh3,
+        "members": [list(m) for m in members],
+    }
+    return bytes(msgpack.packb(doc, use_bin_type=True))
+
+
+@dataclass(frozen=True)
+class Trailer:
+    index_xxh3: str
+    #: (member name, size, xxh3-128 hex) for every member before the trailer, in tar order
+    members: tuple[tuple[str, int, str], ...]
+
+
+def decode_trailer(data: bytes) -> Trailer:
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+        if doc.get("format") != TRAILER_FORMAT:
+            raise ValueError("not a trailer")
+        check_version(doc.get("version"))
+        return Trailer(str(doc["index_xxh3"]), tuple((str(n), int(s), str(x)) for n, s, x in doc["members"]))
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
+        raise BundleFormatError(f"the bundle trailer is unreadable ({e})") from None
+
+
+def oci_index(catalog: Catalog) -> bytes:
+    """The OCI ``index.json``: one entry per tag (schema 1 has no OCI form), named ``repository:tag``."""
+    entries = []
+    for image in catalog.images():
+        if image.tag is None or image.media_type in SCHEMA1_TYPES:
+            continue
+        mt = image.media_type
+        entries.append(
+            {
+                "mediaType": mt,
+                "digest": image.digest,
+                "size": image.size,
+                "annotations": {REF_NAME: f"{image.repository}:{image.tag}"},
+            }
+        )
+    doc = {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX.value, "manifests": entries}
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+__all__ = [
+    "INDEX_MEMBER",
+    "INDEX_TYPES",
+    "OCI_INDEX_MEMBER",
+    "OCI_LAYOUT",
+    "OCI_LAYOUT_MEMBER",
+    "TRAILER_MEMBER",
+    "VERSION",
+    "BundleInfo",
+    "Trailer",
+    "blob_member",
+    "decode_index",
+    "decode_trailer",
+    "encode_index",
+    "encode_trailer",
+    "member_digest",
+    "oci_index",
+]

@@ -1,0 +1,349 @@
+"""Byte-level bundle I/O: a tar writer that splits into volumes and copies with the kernel, and a reader
+that sees a volume set as one file.
+
+Volumes are a plain byte split (``cat BUNDLE.000 BUNDLE.001 … > BUNDLE`` is the single-file bundle), so
+every reader treats a set exactly like one file.  Tar headers come from :mod:`tarfile` (``TarInfo.tobuf``);
+only the data path is ours, because tarfile copies through a 16 KiB Python loop and ferry copies with
+``copy_file_range``/``sendfile`` instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BundleFormatError, DiskFull, OutputError, SourceNotFound
+from ..storage.fs import Extent
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # tar's default blocking: archives end on a 10 KiB record, as tar -cf writes them
+
+
+def volume_name(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.name}.{n:03d}")
+
+
+def tar_header(name: str, size: int, mtime: int) -> bytes:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode = size, mtime, 0o644
+    ti.uname = ti.gname = "root"
+    # PAX adds an extended header only when needed (a member of 8 GiB or more), else it is plain ustar
+    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+def padding(size: int) -> bytes:
+    return b"\0" * (-size % BLOCK)
+
+
+class BundleOutput:
+    """Writes the bundle's bytes to ``PATH.partial`` (or ``PATH.NNN.partial`` volumes, or stdout).
+
+    Nothing carries a final name until :meth:`commit`; :meth:`abort` removes every partial file, so an
+    interrupted or failed export never leaves a file that looks finished.
+    """
+
+    def __init__(self, path: Path | None, volume_size: int | None) -> None:
+        if volume_size is not None and volume_size < RECORD:
+            raise OutputError(f"--volume-size must be at least {RECORD} bytes")
+        if path is None and volume_size is not None:
+            raise OutputError("--volume-size cannot be combined with -o - (stdout)")
+        self.path = path
+        self.volume_size = volume_size
+        self.pos = 0
+        self._partials: list[Path] = []
+        #: the final file names, once committed
+        self.files: list[Path] = []
+        self._fd: int | None = None
+        self._vol_used = 0
+        self._method = "copy_file_range"
+        if path is not None and not path.parent.is_dir():
+            raise OutputError(f"{path.parent}: output directory does not exist")
+
+    # -- volumes ---------------------------------------------------------------------------------
+    def _final_names(self) -> list[Path]:
+        assert self.path is not None
+        if self.volume_size is None:
+            return [self.path]
+        return [volume_name(self.path, i) for i in range(len(self._partials))]
+
+    def _open_next(self) -> None:
+        if self._fd is not None and self.path is not None:
+            os.close(self._fd)
+        if self.path is None:
+            self._fd = 1
+            return
+        final = self.path if self.volume_size is None else volume_name(self.path, len(self._partials))
+        partial = final.with_name(final.name + ".partial")
+        try:
+            self._fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as e:
+            raise OutputError(f"{partial}: cannot create ({e.strerror})") from None
+        self._partials.append(partial)
+        self._vol_used = 0
+
+    def _room(self) -> int:
+        if self._fd is None or (self.volume_size is not None and self._vol_used >= self.volume_size):
+            self._open_next()
+        return self.volume_size - self._vol_used if self.volume_size is not None else 1 << 62
+
+    def _advance(self, n: int) -> None:
+        self.pos += n
+        self._vol_used += n
+
+    # -- data ------------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = min(len(view), self._room())
+            assert self._fd is not None
+            try:
+                written = os.write(self._fd, view[:n])
+            except OSError as e:
+                raise self._os_error(e) from None
+            self._advance(written)
+            view = view[written:]
+
+    def copy_extent(self, ext: Extent) -> None:
+        """Append ``ext``'s bytes, in the kernel where it can."""
+        src = os.open(ext.path, os.O_RDONLY)
+        try:
+            off, left = ext.offset, ext.size
+            while left:
+                n = min(left, self._room())
+                assert self._fd is not None
+                got = self._copy(src, off, n)
+                if got == 0:
+                    raise OutputError(f"{ext.path}: file shrank while being read (at byte {off})")
+                off += got
+                left -= got
+                self._advance(got)
+        finally:
+            os.close(src)
+
+    def _copy(self, src: int, off: int, n: int) -> int:
+        assert self._fd is not None
+        n = min(n, 1 << 30)
+        try:
+            if self._method == "copy_file_range":
+                return os.copy_file_range(src, self._fd, n, off)
+            if self._method == "sendfile":
+                return os.sendfile(self._fd, src, off, n)
+        except OSError as e:
+            if e.errno in (
+                errno.EXDEV,
+                errno.EINVAL,
+                errno.ENOSYS,
+                errno.EOPNOTSUPP,
+                errno.EBADF,
+                errno.ESPIPE,
+            ):
+                # pipes and some filesystems: step down to the next method and retry this chunk
+                self._method = "sendfile" if self._method == "copy_file_range" else "readwrite"
+                return self._copy(src, off, n)
+            raise self._os_error(e) from None
+        data = os.pread(src, min(n, 1 << 20), off)
+        if data:
+            try:
+                os.write(self._fd, data)  # short writes do not happen on regular files and blocking pipes
+            except OSError as e:
+                raise self._os_error(e) from None
+        return len(data)
+
+    def _os_error(self, e: OSError) -> OutputError:
+        where = self._partials[-1] if self._partials else "stdout"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(
+                f"{where}: no space left on device after {self.pos} bytes; the partial output was removed"
+            )
+        if e.errno == errno.EPIPE:
+            return OutputError("the reader of stdout went away; nothing complete was written")
+        return OutputError(f"{where}: write failed ({e.strerror})")
+
+    # -- end -------------------------------------------------------------------------------------
+    def commit(self) -> list[Path]:
+        if self.path is None:
+            return []
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        finals = self._final_names()
+        for partial, final in zip(self._partials, finals, strict=True):
+            os.replace(partial, final)
+        self._partials = []
+        if self.volume_size is not None:
+            # a previous, longer export left higher-numbered volumes: they would join this set, so remove them
+            n = len(finals)
+            while (stale := volume_name(self.path, n)).exists():
+                stale.unlink()
+                n += 1
+        self.files = finals
+        return finals
+
+    def abort(self) -> None:
+        if self._fd is not None and self.path is not None:
+            os.close(self._fd)
+        self._fd = None
+        for p in self._partials:
+            p.unlink(missing_ok=True)
+        self._partials = []
+
+
+# ---------------------------------------------------------------------------------------------------
+# reading
+
+
+@dataclass(frozen=True)
+class Volume:
+    path: Path
+    start: int
+    size: int
+
+
+_VOL_RE = re.compile(r"^(.*)\.(\d{3})$")
+
+
+def find_volumes(path: Path) -> list[Path]:
+    """The files that make up the bundle ``path`` names: itself, or ``X.000``, ``X.001``, … when ``path``
+    is ``X`` (absent) or any volume of the set."""
+    if path.is_file():
+        m = _VOL_RE.match(path.name)
+        if not m:
+            return [path]
+        base = path.with_name(m.group(1))
+    elif volume_name(path, 0).is_file():
+        base = path
+    else:
+        raise SourceNotFound(f"{path}: no such bundle (nor {volume_name(path, 0).name})")
+    first = volume_name(base, 0)
+    if not first.is_file():
+        raise SourceNotFound(f"{first}: the first volume of this set is missing")
+    vols = []
+    n = 0
+    while (v := volume_name(base, n)).is_file():
+        vols.append(v)
+        n += 1
+    return vols
+
+
+class VolumeSet(io.RawIOBase):
+    """Seekable read-only view of one or more volume files as a single byte stream."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__()
+        self.volumes: list[Volume] = []
+        start = 0
+        for p in paths:
+            size = p.stat().st_size
+            self.volumes.append(Volume(p, start, size))
+            start += size
+        self.size = start
+        self._fds = [os.open(v.path, os.O_RDONLY) for v in self.volumes]
+        self._pos = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.volumes[0].path)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        super().close()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self.pread_into(memoryview(buf).cast("B"), self._pos)
+        self._pos += n
+        return n
+
+    def volume_at(self, offset: int) -> Volume:
+        for v in self.volumes:
+            if offset < v.start + v.size:
+                return v
+        return self.volumes[-1]
+
+    def extents(self, offset: int, size: int) -> Iterator[tuple[int, Extent]]:
+        """(volume index, extent) pieces covering ``size`` bytes from ``offset`` (short at end of data)."""
+        for i, v in enumerate(self.volumes):
+            if size <= 0:
+                return
+            if offset >= v.start + v.size:
+                continue
+            local = offset - v.start
+            n = min(size, v.size - local)
+            yield i, Extent(str(v.path), local, n)
+            offset += n
+            size -= n
+
+    def pread_into(self, view: memoryview, offset: int) -> int:
+        done = 0
+        for i, ext in self.extents(offset, len(view)):
+            got = os.preadv(self._fds[i], [view[done : done + ext.size]], ext.offset)
+            done += got
+            if got < ext.size:
+                break
+        return done
+
+    def fd(self, volume_index: int) -> int:
+        return self._fds[volume_index]
+
+    def read_exact(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``offset`` (fewer only at the end of the data)."""
+        buf = bytearray(size)
+        n = self.pread_into(memoryview(buf), offset)
+        return bytes(buf[:n])
+
+    def pieces(self, offset: int, size: int) -> list[tuple[int, int, int]]:
+        """(fd, offset, size) pieces for :func:`shared.digest.hash_pieces`."""
+        return [(self._fds[i], e.offset, e.size) for i, e in self.extents(offset, size)]
+
+
+def iter_members(stream: VolumeSet) -> Iterator[tarfile.TarInfo]:
+    """Regular-file members of the tar in order; damage becomes a :class:`BundleFormatError`."""
+    stream.seek(0)
+    try:
+        with tarfile.open(fileobj=stream, mode="r:") as tf:
+            while True:
+                try:
+                    ti = tf.next()
+                except tarfile.ReadError as e:
+                    raise BundleFormatError(f"damaged tar header ({e})", offset=tf.offset) from None
+                if ti is None:
+                    return
+                if not ti.isreg():
+                    raise BundleFormatError(f"member {ti.name!r} is not a regular file", offset=ti.offset)
+                yield ti
+    except tarfile.ReadError as e:
+        raise BundleFormatError(f"not a tar archive ({e})", offset=0) from None
+
+
+__all__ = [
+    "RECORD",
+    "BundleOutput",
+    "Volume",
+    "VolumeSet",
+    "find_volumes",
+    "iter_members",
+    "padding",
+    "tar_header",
+    "volume_name",
+]

@@ -1,0 +1,105 @@
+"""The bundle as a sink: writes the index first, every blob once, the trailer last."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import xxhash
+
+from ..digest import CHUNK, xxh3_of
+from ..errors import DigestMismatch
+from ..model import Catalog, Manifest
+from ..store import BlobContent, SinkResult
+from .format import (
+    INDEX_MEMBER,
+    OCI_INDEX_MEMBER,
+    OCI_LAYOUT,
+    OCI_LAYOUT_MEMBER,
+    TRAILER_MEMBER,
+    BundleInfo,
+    blob_member,
+    encode_index,
+    encode_trailer,
+    oci_index,
+)
+from .tario import RECORD, BundleOutput, padding, tar_header
+
+
+class BundleSink:
+    """Writes a bundle to a :class:`BundleOutput`.
+
+    The index must come first, so ``begin`` needs the complete catalog.  Content marked ``verified`` with a
+    known ``xxh3`` is copied by the kernel without being read here; anything else is hashed while copied and
+    a mismatch aborts the bundle.
+    """
+
+    def __init__(self, output: BundleOutput, info: BundleInfo, *, mtime: int) -> None:
+        self.out = output
+        self.info = info
+        self.mtime = mtime
+        self._members: list[tuple[str, int, str]] = []
+        self._index_xxh3 = ""
+        self._written: set[str] = set()
+        self._bytes = 0
+
+    def _bytes_member(self, name: str, data: bytes) -> str:
+        x = xxh3_of(data)
+        self.out.write(tar_header(name, len(data), self.mtime) + data + padding(len(data)))
+        if name != TRAILER_MEMBER:
+            self._members.append((name, len(data), x))
+        return x
+
+    def begin(self, catalog: Catalog) -> None:
+        self._index_xxh3 = self._bytes_member(INDEX_MEMBER, encode_index(catalog, self.info))
+        self._bytes_member(OCI_LAYOUT_MEMBER, OCI_LAYOUT)
+        self._bytes_member(OCI_INDEX_MEMBER, oci_index(catalog))
+
+    def put_blob(self, repos: Sequence[str], content: BlobContent) -> None:
+        if content.digest in self._written:
+            return
+        name = blob_member(content.digest)
+        self.out.write(tar_header(name, content.size, self.mtime))
+        if content.verified and content.xxh3 is not None and content.extents:
+            for ext in content.extents:
+                self.out.copy_extent(ext)
+            x = content.xxh3
+        else:
+            x = self._copy_hashing(content)
+        self.out.write(padding(content.size))
+        self._members.append((name, content.size, x))
+        self._written.add(content.digest)
+        self._bytes += content.size
+
+    def _copy_hashing(self, content: BlobContent) -> str:
+        alg = content.digest.split(":", 1)[0]
+        h, x, n = hashlib.new(alg), xxhash.xxh3_128(), 0
+        with content.open() as f:
+            while n < content.size and (chunk := f.read(min(CHUNK, content.size - n))):
+                h.update(chunk)
+                x.update(chunk)
+                self.out.write(chunk)
+                n += len(chunk)
+        actual = f"{alg}:{h.hexdigest()}"
+        if n != content.size or actual != content.digest:
+            raise DigestMismatch(content.digest, actual, n, where="bundle input")
+        return str(x.hexdigest())
+
+    def put_manifest(self, repos: Sequence[str], manifest: Manifest, content: BlobContent) -> None:
+        self.put_blob(repos, content)
+
+    def tag(self, repo: str, tag: str, digest: str) -> None:
+        """Tags are part of the index, written by :meth:`begin`."""
+
+    def commit(self) -> SinkResult:
+        self._bytes_member(TRAILER_MEMBER, encode_trailer(self._index_xxh3, self._members))
+        end = 2 * 512
+        self.out.write(b"\0" * (end + (-(self.out.pos + end) % RECORD)))
+        self.out.commit()
+        return SinkResult(written_blobs=len(self._written), written_bytes=self._bytes)
+
+    def abort(self) -> None:
+        self.out.abort()
+
+
+__all__ = ["BundleSink"]

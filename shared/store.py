@@ -1,0 +1,93 @@
+"""Sources and sinks of images, and the contract between them.
+
+Every medium ferry moves images between is one of these: the storage tree (source on export, sink on
+restore), the bundle (sink on export, source on import), a registry (sink on push).  The copy algorithm,
+:func:`shared.transfer.copy`, is written once against these Protocols.
+
+Contract
+--------
+Call order on a sink: ``begin`` once, then ``put_blob``/``put_manifest`` for every digest in the order the
+source yields them, then ``tag`` for every tag, then ``commit`` once.  Any exception in between is followed by
+``abort``, which must leave no partial data under a final name.
+
+Order guaranteed by every source: a blob comes before the manifests that need it, and an index's children
+come before the index.  So a sink may write a manifest as soon as it gets it; tags, which make images visible,
+come last, after the source has confirmed that everything arrived intact.
+
+Who verifies: a :class:`BlobContent` with ``verified=True`` was hashed against its digest by the source
+(the storage-tree scan does this before anything is written); otherwise the sink must hash what it writes and
+discard partial data on a mismatch.  ``xxh3`` is the bundle-internal checksum, when the source knows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, cast, runtime_checkable
+
+from .model import Catalog, Manifest
+from .storage.fs import Extent, ExtentsReader
+
+
+@dataclass(frozen=True)
+class BlobContent:
+    """The bytes of one blob or manifest, and where they can be copied from without reading them."""
+
+    digest: str
+    size: int
+    #: pieces of files holding the bytes in order (a blob may span two bundle volumes); empty for streams
+    extents: tuple[Extent, ...]
+    verified: bool
+    xxh3: str | None = None
+    stream: BinaryIO | None = None
+
+    def open(self) -> BinaryIO:
+        """A reader of exactly ``size`` bytes; for stream-only content this can be called once."""
+        if self.stream is not None:
+            return self.stream
+        return cast(BinaryIO, ExtentsReader(self.extents))
+
+
+class ImageSource(Protocol):
+    catalog: Catalog
+
+    def contents(self) -> Iterator[BlobContent]:
+        """Every blob and manifest of the catalog once, in the order above.
+
+        Raises a :class:`~shared.errors.FerryError` at the end when the source turns out to be incomplete or
+        damaged (a bundle whose trailer is missing or wrong), so the copy never reaches the tags."""
+        ...
+
+
+@dataclass(frozen=True)
+class SinkResult:
+    written_blobs: int = 0
+    present_blobs: int = 0
+    written_bytes: int = 0
+    tags_moved: tuple[str, ...] = ()
+
+
+class ImageSink(Protocol):
+    def begin(self, catalog: Catalog) -> None: ...
+
+    def put_blob(self, repos: Sequence[str], content: BlobContent) -> None:
+        """Make the blob available to each repository in ``repos``; read ``content`` at most once."""
+        ...
+
+    def put_manifest(self, repos: Sequence[str], manifest: Manifest, content: BlobContent) -> None: ...
+
+    def tag(self, repo: str, tag: str, digest: str) -> None: ...
+
+    def commit(self) -> SinkResult: ...
+
+    def abort(self) -> None: ...
+
+
+@runtime_checkable
+class BlobMounter(Protocol):
+    """Optional: a sink that can link a blob it already holds into another repository without its bytes."""
+
+    def mount_blob(self, src_repo: str, dst_repo: str, digest: str) -> bool: ...
+
+
+__all__ = ["BlobContent", "BlobMounter", "ImageSink", "ImageSource", "SinkResult"]
