@@ -1,0 +1,1 @@
+"""The export side of the air gap: registry storage tree to bundle."""

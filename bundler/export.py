@@ -1,0 +1,116 @@
+"""``ferry export``: a registry storage tree (directory or tar) into one bundle.
+
+Plan and check first, write second: the scan reads every manifest and hashes every blob before the first
+byte of the bundle is written, so a broken source fails with its complete list of problems and no output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import __version__
+from shared.bundle.format import BundleInfo
+from shared.bundle.tario import BundleOutput
+from shared.bundle.writer import BundleSink
+from shared.model import Skipped
+from shared.progress import ProgressCallback, no_progress
+from shared.storage.fs import TarFS, open_tree
+from shared.storage.reader import ScanOptions, Selection, TreeSource, scan
+from shared.transfer import copy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    root: Path
+    #: None writes the bundle to stdout
+    output: Path | None
+    selection: Selection = field(default_factory=Selection)
+    skip_broken: bool = False
+    volume_size: int | None = None
+    jobs: int = 0
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    files: tuple[Path, ...]
+    repositories: int
+    tags: int
+    untagged: int
+    manifests: int
+    blobs: int
+    blob_bytes: int
+    bundle_bytes: int
+    foreign_layers: int
+    skipped: tuple[Skipped, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "files": [str(p) for p in self.files],
+            "repositories": self.repositories,
+            "tags": self.tags,
+            "untagged": self.untagged,
+            "manifests": self.manifests,
+            "blobs": self.blobs,
+            "blobBytes": self.blob_bytes,
+            "bundleBytes": self.bundle_bytes,
+            "foreignLayers": self.foreign_layers,
+            "skipped": [
+                {"image": s.ref, "digest": s.digest, "reason": s.reason, "missing": list(s.missing)}
+                for s in self.skipped
+            ],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> ExportResult:
+    started = time.monotonic()
+    fs = open_tree(opts.root)
+    log.info("scanning %s", fs.description)
+    result = scan(
+        fs, ScanOptions(selection=opts.selection, skip_broken=opts.skip_broken, jobs=opts.jobs), on_progress
+    )
+    catalog = result.catalog
+    sel = opts.selection
+    info = BundleInfo(
+        ferry_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        source={
+            "kind": "tar" if isinstance(fs, TarFS) else "directory",
+            "path": os.path.abspath(opts.root),
+            "host": socket.gethostname(),
+        },
+        options={
+            "untagged": sel.untagged,
+            "include": list(sel.include),
+            "exclude": list(sel.exclude),
+            "skip_broken": opts.skip_broken,
+        },
+        volume_size=opts.volume_size,
+    )
+    out = BundleOutput(opts.output, opts.volume_size)
+    sink = BundleSink(out, info, mtime=int(time.time()))
+    copy(TreeSource(result), sink, on_progress=on_progress)
+    return ExportResult(
+        files=tuple(out.files),
+        repositories=len(catalog.repositories),
+        tags=sum(len(r.tags) for r in catalog.repositories),
+        untagged=sum(len(r.untagged) for r in catalog.repositories),
+        manifests=len(catalog.manifests),
+        blobs=len(catalog.blobs),
+        blob_bytes=catalog.total_bytes,
+        bundle_bytes=out.pos,
+        foreign_layers=len({f.digest for m in catalog.manifests.values() for f in m.foreign}),
+        skipped=catalog.skipped,
+        seconds=time.monotonic() - started,
+    )
+
+
+__all__ = ["ExportOptions", "ExportResult", "run"]
