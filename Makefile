@@ -1,0 +1,48 @@
+# ferry: `make demo` and `make test` are all a newcomer needs on a fresh machine.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+# Debian packages the tests drive for real: the registry, skopeo, redis, htpasswd
+SYSTEM_TOOLS := docker-registry:docker-registry skopeo:skopeo redis-server:redis-server htpasswd:apache2-utils
+
+.PHONY: demo test lint bench venv system-deps clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+system-deps:
+	@missing=""; \
+	for pair in $(SYSTEM_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing -- run: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+demo: venv
+	$(BIN)/ferry demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: venv system-deps lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
+
+bench: venv system-deps
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) bench/out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,62 @@
+"""Invariant checkers, reused on every sink's output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+from importer.verify import VerifyOptions
+from importer.verify import run as verify
+from shared.bundle.format import (
+    INDEX_MEMBER,
+    OCI_INDEX_MEMBER,
+    OCI_LAYOUT_MEMBER,
+    TRAILER_MEMBER,
+    blob_member,
+)
+from shared.bundle.reader import Bundle
+from shared.bundle.tario import find_volumes
+from shared.model import Catalog
+
+
+def validate_bundle(path: Path) -> Catalog:
+    """Everything a bundle promises, checked independently of the writer: returns its catalog."""
+    verify(VerifyOptions(path=path))  # raises on any damage
+    with Bundle.open(path) as b:
+        catalog = b.catalog
+        b.scan()
+        names = [m.name for m in b.members]
+        data = {m.name: b.data.read_exact(m.offset, m.size) for m in b.members if m.name != TRAILER_MEMBER}
+    # tar's own view (single files only: volume sets are checked by their cat)
+    if find_volumes(path) == [path]:
+        listed = subprocess.run(
+            ["tar", "-tf", str(path)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert listed == names
+    assert names[0] == INDEX_MEMBER and names[-1] == TRAILER_MEMBER
+    assert names[1:3] == [OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER]
+    assert len(names) == len(set(names)), "a member appears twice"
+    blobs = [n for n in names if n.startswith("blobs/")]
+    assert set(blobs) == {blob_member(d) for d in [*catalog.blobs, *catalog.manifests]}
+    for n in blobs:
+        assert "sha256:" + hashlib.sha256(data[n]).hexdigest() == "sha256:" + n.rsplit("/", 1)[1]
+    for image in catalog.images():
+        for d in catalog.closure(image.digest):
+            assert blob_member(d) in data, f"{image.ref} needs {d}"
+    oci = json.loads(data[OCI_INDEX_MEMBER])
+    for entry in oci["manifests"]:
+        assert blob_member(entry["digest"]) in data
+        assert len(data[blob_member(entry["digest"])]) == entry["size"]
+    return catalog
+
+
+def tags_of(catalog: Catalog) -> dict[str, dict[str, str]]:
+    return {r.name: dict(r.tags) for r in catalog.repositories if r.tags}
+
+
+def tar_member_names(path: Path) -> list[str]:
+    with tarfile.open(path) as tf:
+        return tf.getnames()
