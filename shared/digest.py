@@ -30,7 +30,7 @@ class Digest:
     @classmethod
     def parse(cls, text: str) -> Digest:
         """Parse ``alg:hex``; raises ValueError with the offending text on anything else."""
-        m = _DIGEST_RE.match(text)
+        m = _DIGEST_RE.fullmatch(text)
         if not m or len(m.group(2)) != _HEX_LEN[m.group(1)]:
             raise ValueError(f"invalid digest {text!r}")
         return cls(m.group(1), m.group(2))

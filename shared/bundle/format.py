@@ -25,6 +25,7 @@ from ..digest import Digest
 from ..errors import BundleFormatError, BundleVersionError
 from ..manifest import INDEX_TYPES, SCHEMA1_TYPES, BlobRef, ChildRef, MediaType
 from ..model import Blob, Catalog, Manifest, Repository, Skipped
+from ..storage.paths import valid_repository, valid_tag
 
 FORMAT = "ferry-bundle"
 TRAILER_FORMAT = "ferry-bundle-trailer"
@@ -99,7 +100,7 @@ def encode_index(catalog: Catalog, info: BundleInfo) -> bytes:
         ],
     }
     packed = msgpack.packb(doc, use_bin_type=True)
-    return bytes(zstandard.ZstdCompressor(level=3, write_content_size=True).compress(packed))
+    return bytes(zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(packed))
 
 
 def _manifest_doc(m: Manifest) -> dict[str, Any]:
@@ -152,7 +153,43 @@ def decode_index(data: bytes) -> tuple[Catalog, BundleInfo, list[str]]:
         order = list(doc["order"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleFormatError(f"the bundle index is malformed ({type(e).__name__}: {e})") from None
-    return Catalog(repos, manifests, blobs, skipped), info, order
+    catalog = Catalog(repos, manifests, blobs, skipped)
+    validate_catalog(catalog, order)
+    return catalog, info, order
+
+
+def validate_catalog(catalog: Catalog, order: list[str]) -> None:
+    """Refuse an index whose names or digests are not what a registry could hold.
+
+    The index crossed an air gap and names files and paths on the import side, so every digest, repository
+    name and tag is checked against the distribution grammar before anyone uses it."""
+
+    def digest(d: object, what: str) -> None:
+        if not isinstance(d, str) or not Digest.is_valid(d):
+            raise BundleFormatError(f"the bundle index names an invalid digest {d!r} ({what})")
+
+    for d, m in catalog.manifests.items():
+        digest(d, "manifest")
+        for ref in (*m.blobs, *(c.digest for c in m.children), *(f.digest for f in m.foreign)):
+            digest(ref, f"referenced by {d}")
+            if ref not in catalog.blobs and ref not in catalog.manifests and ref not in {f.digest for f in m.foreign}:
+                raise BundleFormatError(f"the bundle index is inconsistent: {d} needs {ref}, which it does not hold")
+        if m.subject is not None:
+            digest(m.subject, f"subject of {d}")
+    for d in catalog.blobs:
+        digest(d, "blob")
+    if sorted(order) != sorted([*catalog.blobs, *catalog.manifests]):
+        raise BundleFormatError("the bundle index is inconsistent: its member order does not list every blob once")
+    for r in catalog.repositories:
+        if not valid_repository(r.name):
+            raise BundleFormatError(f"the bundle index names an invalid repository {r.name!r}")
+        for tag, d in r.tags.items():
+            if not valid_tag(tag):
+                raise BundleFormatError(f"the bundle index names an invalid tag {tag!r} in {r.name}")
+            digest(d, f"tag {r.name}:{tag}")
+        for d in (*r.manifests, *r.untagged, *r.tags.values()):
+            if d not in catalog.manifests:
+                raise BundleFormatError(f"the bundle index is inconsistent: {r.name} holds {d}, which it does not describe")
 
 
 def _manifest_from(digest: str, m: dict[str, Any]) -> Manifest:

@@ -35,11 +35,11 @@ NAME_MAX = 255
 
 
 def valid_repository(name: str) -> bool:
-    return len(name) <= NAME_MAX and bool(REPOSITORY_RE.match(name))
+    return len(name) <= NAME_MAX and bool(REPOSITORY_RE.fullmatch(name))
 
 
 def valid_tag(tag: str) -> bool:
-    return bool(TAG_RE.match(tag))
+    return bool(TAG_RE.fullmatch(tag))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,93 @@
+"""The command line: thin over the library, one clear line per user mistake, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from typer.testing import CliRunner
+
+from ferry.cli import app, parse_size
+from shared.errors import UsageError
+
+runner = CliRunner()
+
+
+def ferry(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ferry", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["export", "/nonexistent/registry", "-o", "/tmp/x.tar"], 2, "no such file or directory"),
+        (["export", "/etc", "-o", "/tmp/x.tar"], 2, "no docker/registry/v2"),
+        (["export", "/etc/passwd", "-o", "/tmp/x.tar"], 2, "neither a directory nor a tar"),
+        (["verify", "/nonexistent.tar"], 2, "no such bundle"),
+        (["inspect", "/etc/passwd"], 1, "not a ferry bundle"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(args: list[str], code: int, needle: str) -> None:
+    p = ferry(*args)
+    assert p.returncode == code, p.stderr
+    assert needle in p.stderr and "Traceback" not in p.stderr
+    assert p.stderr.startswith("error (")
+
+
+def test_bad_volume_size_and_output_dir(tmp_path: Path) -> None:
+    p = ferry("export", str(tmp_path), "-o", str(tmp_path / "b.tar"), "--volume-size", "four gigs")
+    assert p.returncode == 2 and "not a size" in p.stderr
+    p = ferry("export", str(tmp_path), "-o", str(tmp_path))
+    assert p.returncode == 2 and "is a directory" in p.stderr
+
+
+def test_parse_size() -> None:
+    assert parse_size("4G") == 4_000_000_000 < 2**32 - 1  # fits FAT32
+    assert parse_size("4GiB") == 4 * 2**30
+    assert parse_size("700M") == 700_000_000
+    assert parse_size("12345") == 12345
+    with pytest.raises(UsageError):
+        parse_size("-1G")
+
+
+def test_export_parses_options_into_one_library_call(tmp_path: Path) -> None:
+    with mock.patch("bundler.export.run") as run:
+        run.return_value.to_dict.return_value = {}
+        r = runner.invoke(
+            app,
+            [
+                "export",
+                str(tmp_path),
+                "-o",
+                str(tmp_path / "b.tar"),
+                "--untagged",
+                "--include",
+                "a/*",
+                "--exclude",
+                "a/b:*",
+                "--skip-broken",
+                "--volume-size",
+                "1G",
+                "-j",
+                "3",
+                "--json",
+            ],
+        )
+    assert r.exit_code == 0, r.output
+    opts = run.call_args.args[0]
+    assert opts.root == tmp_path and opts.output == tmp_path / "b.tar"
+    assert (
+        opts.selection.untagged
+        and opts.selection.include == ("a/*",)
+        and opts.selection.exclude == ("a/b:*",)
+    )
+    assert opts.skip_broken and opts.volume_size == 10**9 and opts.jobs == 3
+
+
+def test_help_explains_every_command() -> None:
+    for cmd in ("export", "verify", "inspect"):
+        r = runner.invoke(app, [cmd, "--help"])
+        assert r.exit_code == 0 and "--quiet" in r.output
+    assert "air gap" in runner.invoke(app, ["--help"]).output
