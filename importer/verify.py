@@ -10,9 +10,7 @@ look like a tar.  Hashing runs on a thread pool (hashlib and xxhash release the 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +23,8 @@ from shared.bundle.format import (
     member_digest,
 )
 from shared.bundle.reader import Bundle, Member
-from shared.digest import hash_pieces
 from shared.errors import BundleDamaged
+from shared.hashing import HashJob, HashPool, RangeHashes
 from shared.progress import Progress, ProgressCallback, no_progress
 
 
@@ -63,109 +61,36 @@ class VerifyResult:
 def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> VerifyResult:
     started = time.monotonic()
     with Bundle.open(opts.path) as b:
-        b.scan()
-        problems: list[dict[str, object]] = []
         catalog = b.catalog
-        images_of = _images_by_digest(b)
-
-        def problem(member: str, what: str, offset: int, size: int, digest: str | None = None) -> None:
-            entry: dict[str, object] = {
-                "member": member,
-                "problem": what,
-                "volumes": b.volume_names(offset, size),
-            }
-            if digest is not None:
-                entry["digest"] = digest
-                entry["images"] = images_of.get(digest, [])
-            problems.append(entry)
-
-        # volumes: all but the last must be exactly volume_size (a byte split)
-        vs = b.info.volume_size
-        vols = b.data.volumes
-        if vs and len(vols) > 1:
-            for v in vols[:-1]:
-                if v.size != vs:
-                    problems.append(
-                        {
-                            "member": None,
-                            "problem": f"volume is {v.size} bytes, expected {vs}",
-                            "volumes": [v.path.name],
-                        }
-                    )
-
-        expected = [INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER] + [blob_member(d) for d in b.order]
         sizes = {blob_member(d): catalog.size_of(d) for d in b.order}
-        by_name: dict[str, Member] = {}
-        for m in b.members:
-            if m.name == TRAILER_MEMBER:
-                continue
-            if m.name in by_name:
-                problem(m.name, "member appears twice", m.offset, m.size)
-            elif m.name not in expected:
-                problem(m.name, "unexpected member (not in the index)", m.offset, m.size)
-            by_name.setdefault(m.name, m)
-        end = b.data.size
-        for name in expected:
-            if name not in by_name:
-                digest = member_digest(name)
-                problem(name, "missing (bundle truncated or altered)", end, 0, digest)
-            elif name in sizes and by_name[name].size != sizes[name]:
-                m = by_name[name]
-                problem(
-                    name,
-                    f"is {m.size} bytes, the index says {sizes[name]}",
-                    m.offset,
-                    m.size,
-                    member_digest(name),
-                )
-        if b.scan_error is not None:
-            problems.append(
-                {"member": None, "problem": b.scan_error.message, "volumes": b.volume_names(end, 0)}
-            )
-        if b.trailer is None:
-            problems.append(
-                {
-                    "member": TRAILER_MEMBER,
-                    "problem": "trailer missing: the bundle is truncated",
-                    "volumes": b.volume_names(end, 0),
-                }
-            )
-        trailer_xxh3 = {n: (s, x) for n, s, x in b.trailer.members} if b.trailer else {}
-
-        # content: hash every present member on all cores
-        todo = [by_name[n] for n in expected if n in by_name]
-        total = sum(m.size for m in todo)
+        total = catalog.total_bytes
+        hashes: dict[str, RangeHashes | OSError] = {}
+        queued: dict[str, Member] = {}
         done = 0
-        lock = threading.Lock()
-        on_progress(Progress("verify", 0, total))
 
-        def check(m: Member) -> None:
+        def result(job: HashJob, h: RangeHashes | OSError) -> None:
             nonlocal done
+            hashes[job.key] = h
+            done += job.size
+            on_progress(Progress("verify", done, total, files=len(hashes)))
+
+        # members are hashed as the scan finds them, so reading headers overlaps with hashing
+        pool = HashPool(opts.jobs or os.cpu_count() or 1, result)
+
+        def hash_member(m: Member) -> None:
+            if m.name == TRAILER_MEMBER or m.name in queued:
+                return
+            queued[m.name] = m
             digest = member_digest(m.name)
             alg = None if opts.quick or digest is None else digest.split(":", 1)[0]
-            h = hash_pieces(b.data.pieces(m.offset, m.size), alg)
-            issues = []
-            if h.size != m.size:
-                issues.append(f"truncated: {h.size} of {m.size} bytes present")
-            else:
-                want = trailer_xxh3.get(m.name)
-                if want is not None and want[1] != h.xxh3:
-                    issues.append("xxh3 does not match the trailer (bytes changed in transit)")
-                if alg is not None and h.digest != digest:
-                    issues.append(f"content hashes to {h.digest}")
-            if m.name == INDEX_MEMBER and b.trailer is not None and h.xxh3 != b.trailer.index_xxh3:
-                issues.append("index checksum does not match the trailer")
-            with lock:
-                for what in issues:
-                    problem(m.name, what, m.offset, m.size, digest)
-                done += m.size
-                on_progress(Progress("verify", done, total, files=len(todo)))
+            pool.add(HashJob(m.name, tuple(b.data.pieces(m.offset, m.size)), m.size, alg))
 
-        # largest first, so the pool does not end with one core hashing the biggest layer alone
-        todo.sort(key=lambda m: -m.size)
-        with ThreadPoolExecutor(max_workers=opts.jobs or os.cpu_count() or 1) as pool:
-            list(pool.map(check, todo))
-
+        on_progress(Progress("verify", 0, total))
+        try:
+            b.scan(on_member=hash_member)
+        finally:
+            pool.finish()
+        problems = _problems(b, sizes, hashes, queued)
         if problems:
             n_bad = len({p["member"] for p in problems})
             broken = {i for p in problems for i in p.get("images", [])}  # type: ignore[attr-defined]
@@ -175,13 +100,94 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
             )
         return VerifyResult(
             path=str(opts.path),
-            volumes=tuple(str(v.path) for v in vols),
+            volumes=tuple(str(v.path) for v in b.data.volumes),
             members=len(b.members),
-            bytes=end,
+            bytes=b.data.size,
             images=sum(1 for _ in catalog.images()),
             quick=opts.quick,
             seconds=time.monotonic() - started,
         )
+
+
+def _problems(
+    b: Bundle, sizes: dict[str, int], hashes: dict[str, RangeHashes | OSError], hashed: dict[str, Member]
+) -> list[dict[str, object]]:
+    """Everything wrong with the bundle, each naming its member, volume(s) and the images it breaks."""
+    problems: list[dict[str, object]] = []
+    images_of = _images_by_digest(b)
+    end = b.data.size
+
+    def problem(member: str | None, what: str, offset: int, size: int, digest: str | None = None) -> None:
+        entry: dict[str, object] = {
+            "member": member,
+            "problem": what,
+            "volumes": b.volume_names(offset, size),
+        }
+        if digest is not None:
+            entry["digest"] = digest
+            entry["images"] = images_of.get(digest, [])
+        problems.append(entry)
+
+    # volumes: all but the last must be exactly volume_size (a byte split)
+    vs, vols = b.info.volume_size, b.data.volumes
+    if vs and len(vols) > 1:
+        for v in vols[:-1]:
+            if v.size != vs:
+                problems.append(
+                    {
+                        "member": None,
+                        "problem": f"volume is {v.size} bytes, expected {vs}",
+                        "volumes": [v.path.name],
+                    }
+                )
+
+    expected = [INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER, *sizes]
+    expected_set = set(expected)
+    seen: set[str] = set()
+    for m in b.members:
+        if m.name == TRAILER_MEMBER:
+            continue
+        if m.name in seen:
+            problem(m.name, "member appears twice", m.offset, m.size)
+        elif m.name not in expected_set:
+            problem(m.name, "unexpected member (not in the index)", m.offset, m.size)
+        seen.add(m.name)
+    for name in expected:
+        if name not in seen:
+            problem(name, "missing (bundle truncated or altered)", end, 0, member_digest(name))
+        elif name in sizes and hashed[name].size != sizes[name]:
+            m = hashed[name]
+            problem(
+                name,
+                f"is {m.size} bytes, the index says {sizes[name]}",
+                m.offset,
+                m.size,
+                member_digest(name),
+            )
+    if b.scan_error is not None:
+        problem(None, b.scan_error.message, end, 0)
+    if b.trailer is None:
+        problem(TRAILER_MEMBER, "trailer missing: the bundle is truncated", end, 0)
+    trailer = {n: x for n, _, x in b.trailer.members} if b.trailer else {}
+
+    for name, h in hashes.items():
+        m = hashed[name]
+        digest = member_digest(name)
+        if isinstance(h, OSError):
+            problem(name, f"unreadable ({h.strerror})", m.offset, m.size, digest)
+            continue
+        if h.size != m.size:
+            problem(name, f"truncated: {h.size} of {m.size} bytes present", m.offset, m.size, digest)
+            continue
+        if name in trailer and trailer[name] != h.xxh3:
+            problem(
+                name, "xxh3 does not match the trailer (bytes changed in transit)", m.offset, m.size, digest
+            )
+        if h.digest is not None and h.digest != digest:
+            problem(name, f"content hashes to {h.digest}", m.offset, m.size, digest)
+        if name == INDEX_MEMBER and b.trailer is not None and h.xxh3 != b.trailer.index_xxh3:
+            problem(name, "index checksum does not match the trailer", m.offset, m.size)
+    return problems
 
 
 def _images_by_digest(b: Bundle) -> dict[str, list[str]]:

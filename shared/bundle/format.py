@@ -41,8 +41,8 @@ INDEX_MAX = 1 << 30
 
 
 def blob_member(digest: str) -> str:
-    d = Digest.parse(digest)
-    return f"blobs/{d.algorithm}/{d.hex}"
+    """``blobs/<alg>/<hex>`` for a digest already validated (every digest of a decoded index is)."""
+    return "blobs/" + digest.replace(":", "/", 1)
 
 
 def member_digest(name: str) -> str | None:
@@ -100,7 +100,9 @@ def encode_index(catalog: Catalog, info: BundleInfo) -> bytes:
         ],
     }
     packed = msgpack.packb(doc, use_bin_type=True)
-    return bytes(zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(packed))
+    return bytes(
+        zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(packed)
+    )
 
 
 def _manifest_doc(m: Manifest) -> dict[str, Any]:
@@ -164,22 +166,35 @@ def validate_catalog(catalog: Catalog, order: list[str]) -> None:
     The index crossed an air gap and names files and paths on the import side, so every digest, repository
     name and tag is checked against the distribution grammar before anyone uses it."""
 
+    valid: set[str] = set()
+
     def digest(d: object, what: str) -> None:
+        if d in valid:
+            return
         if not isinstance(d, str) or not Digest.is_valid(d):
             raise BundleFormatError(f"the bundle index names an invalid digest {d!r} ({what})")
+        valid.add(d)
 
     for d, m in catalog.manifests.items():
         digest(d, "manifest")
         for ref in (*m.blobs, *(c.digest for c in m.children), *(f.digest for f in m.foreign)):
             digest(ref, f"referenced by {d}")
-            if ref not in catalog.blobs and ref not in catalog.manifests and ref not in {f.digest for f in m.foreign}:
-                raise BundleFormatError(f"the bundle index is inconsistent: {d} needs {ref}, which it does not hold")
+            if (
+                ref not in catalog.blobs
+                and ref not in catalog.manifests
+                and all(f.digest != ref for f in m.foreign)
+            ):
+                raise BundleFormatError(
+                    f"the bundle index is inconsistent: {d} needs {ref}, which it does not hold"
+                )
         if m.subject is not None:
             digest(m.subject, f"subject of {d}")
     for d in catalog.blobs:
         digest(d, "blob")
     if sorted(order) != sorted([*catalog.blobs, *catalog.manifests]):
-        raise BundleFormatError("the bundle index is inconsistent: its member order does not list every blob once")
+        raise BundleFormatError(
+            "the bundle index is inconsistent: its member order does not list every blob once"
+        )
     for r in catalog.repositories:
         if not valid_repository(r.name):
             raise BundleFormatError(f"the bundle index names an invalid repository {r.name!r}")
@@ -189,7 +204,9 @@ def validate_catalog(catalog: Catalog, order: list[str]) -> None:
             digest(d, f"tag {r.name}:{tag}")
         for d in (*r.manifests, *r.untagged, *r.tags.values()):
             if d not in catalog.manifests:
-                raise BundleFormatError(f"the bundle index is inconsistent: {r.name} holds {d}, which it does not describe")
+                raise BundleFormatError(
+                    f"the bundle index is inconsistent: {r.name} holds {d}, which it does not describe"
+                )
 
 
 def _manifest_from(digest: str, m: dict[str, Any]) -> Manifest:

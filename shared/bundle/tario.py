@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import errno
 import io
+import mmap
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,6 +245,8 @@ class VolumeSet(io.RawIOBase):
             start += size
         self.size = start
         self._fds = [os.open(v.path, os.O_RDONLY) for v in self.volumes]
+        self._maps: dict[int, memoryview] = {}
+        self._mms: list[mmap.mmap] = []
         self._pos = 0
 
     @property
@@ -251,6 +254,11 @@ class VolumeSet(io.RawIOBase):
         return str(self.volumes[0].path)
 
     def close(self) -> None:
+        for view in self._maps.values():
+            view.release()
+        for mm in self._mms:
+            mm.close()
+        self._maps, self._mms = {}, []
         for fd in self._fds:
             os.close(fd)
         self._fds = []
@@ -312,12 +320,23 @@ class VolumeSet(io.RawIOBase):
         n = self.pread_into(memoryview(buf), offset)
         return bytes(buf[:n])
 
-    def pieces(self, offset: int, size: int) -> list[tuple[int, int, int]]:
-        """(fd, offset, size) pieces for :func:`shared.digest.hash_pieces`."""
-        return [(self._fds[i], e.offset, e.size) for i, e in self.extents(offset, size)]
+    def pieces(self, offset: int, size: int) -> list[tuple[memoryview, int, int]]:
+        """(mapping, offset, size) pieces for :class:`shared.hashing.HashJob`, clipped to the data present.
+
+        Each volume is mapped read-only once, on first use; the data below the volume's size at open time
+        is what gets mapped, so a member that claims more only reads short."""
+        return [(self._map(i), e.offset, e.size) for i, e in self.extents(offset, size)]
+
+    def _map(self, i: int) -> memoryview:
+        view = self._maps.get(i)
+        if view is None:
+            mm = mmap.mmap(self._fds[i], self.volumes[i].size, prot=mmap.PROT_READ)
+            view = self._maps[i] = memoryview(mm)
+            self._mms.append(mm)
+        return view
 
 
-def iter_members(stream: VolumeSet) -> Iterator[tarfile.TarInfo]:
+def iter_members(stream: VolumeSet) -> Generator[tarfile.TarInfo, None, None]:
     """Regular-file members of the tar in order; damage becomes a :class:`BundleFormatError`."""
     stream.seek(0)
     try:

@@ -42,10 +42,13 @@ class BundleSink:
         self._index_xxh3 = ""
         self._written: set[str] = set()
         self._bytes = 0
+        #: the previous member's padding, sent with the next header in one write
+        self._tail = b""
 
     def _bytes_member(self, name: str, data: bytes) -> str:
         x = xxh3_of(data)
-        self.out.write(tar_header(name, len(data), self.mtime) + data + padding(len(data)))
+        self.out.write(self._tail + tar_header(name, len(data), self.mtime) + data)
+        self._tail = padding(len(data))
         if name != TRAILER_MEMBER:
             self._members.append((name, len(data), x))
         return x
@@ -59,14 +62,14 @@ class BundleSink:
         if content.digest in self._written:
             return
         name = blob_member(content.digest)
-        self.out.write(tar_header(name, content.size, self.mtime))
+        self.out.write(self._tail + tar_header(name, content.size, self.mtime))
         if content.verified and content.xxh3 is not None and content.extents:
             for ext in content.extents:
                 self.out.copy_extent(ext)
             x = content.xxh3
         else:
             x = self._copy_hashing(content)
-        self.out.write(padding(content.size))
+        self._tail = padding(content.size)
         self._members.append((name, content.size, x))
         self._written.add(content.digest)
         self._bytes += content.size
@@ -93,8 +96,8 @@ class BundleSink:
 
     def commit(self) -> SinkResult:
         self._bytes_member(TRAILER_MEMBER, encode_trailer(self._index_xxh3, self._members))
-        end = 2 * 512
-        self.out.write(b"\0" * (end + (-(self.out.pos + end) % RECORD)))
+        end = len(self._tail) + 2 * 512
+        self.out.write(self._tail + b"\0" * (2 * 512 + (-(self.out.pos + end) % RECORD)))
         self.out.commit()
         return SinkResult(written_blobs=len(self._written), written_bytes=self._bytes)
 

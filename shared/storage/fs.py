@@ -13,7 +13,7 @@ import os
 import stat
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 
 from ..errors import NotAStorageTree, SourceNotFound
@@ -73,126 +73,146 @@ class ExtentsReader(io.RawIOBase):
 
 
 class TreeFS(Protocol):
-    """A read-only tree addressed by POSIX paths relative to the ``v2`` directory."""
+    """A read-only tree addressed by relative POSIX path strings below the ``v2`` directory ("" is v2)."""
 
     description: str
 
-    def list_dir(self, path: PurePosixPath) -> list[tuple[str, bool]]:
+    def list_dir(self, path: str) -> list[tuple[str, bool]]:
         """(name, is_dir) of each entry; empty when ``path`` is missing or not a directory."""
         ...
 
-    def read(self, path: PurePosixPath, limit: int) -> bytes | None:
+    def read(self, path: str, limit: int) -> bytes | None:
         """The file's bytes (at most ``limit``), or None when it is missing or not a regular file."""
         ...
 
-    def extent(self, path: PurePosixPath) -> Extent | None:
+    def read_extent(self, path: str, limit: int) -> tuple[bytes, Extent] | None:
+        """Like :meth:`read`, with where the bytes are (for files shorter than ``limit``)."""
+        ...
+
+    def extent(self, path: str) -> Extent | None:
         """Where a regular file's bytes are, or None when it is missing."""
         ...
 
 
 class DirFS:
     def __init__(self, v2: Path) -> None:
-        self.v2 = v2
-        self.description = str(v2)
+        self.v2 = str(v2)
+        self.description = self.v2
 
-    def list_dir(self, path: PurePosixPath) -> list[tuple[str, bool]]:
+    def _abs(self, path: str) -> str:
+        return f"{self.v2}/{path}" if path else self.v2
+
+    def list_dir(self, path: str) -> list[tuple[str, bool]]:
         try:
-            with os.scandir(self.v2 / path) as it:
+            with os.scandir(self._abs(path)) as it:
                 return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
         except (FileNotFoundError, NotADirectoryError):
             return []
 
-    def read(self, path: PurePosixPath, limit: int) -> bytes | None:
-        try:
-            with open(self.v2 / path, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    return None
-                return f.read(limit)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return None
+    def read(self, path: str, limit: int) -> bytes | None:
+        got = self.read_extent(path, limit)
+        return got[0] if got is not None else None
 
-    def extent(self, path: PurePosixPath) -> Extent | None:
-        p = self.v2 / path
+    def read_extent(self, path: str, limit: int) -> tuple[bytes, Extent] | None:
+        # open + read + close, no stat: on a large tree these few calls per file are the walk's cost.
+        # O_NONBLOCK: a FIFO planted in the tree must not hang the export.
+        p = self._abs(path)
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            data = os.read(fd, limit)
+        except (IsADirectoryError, BlockingIOError):
+            return None
+        finally:
+            os.close(fd)
+        return data, Extent(p, 0, len(data))
+
+    def extent(self, path: str) -> Extent | None:
+        p = self._abs(path)
         try:
             st = os.stat(p)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return Extent(str(p), 0, st.st_size) if stat.S_ISREG(st.st_mode) else None
+        return Extent(p, 0, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
 
 class TarFS:
     """A tar of a storage tree, indexed once by reading its headers (data is skipped with seeks)."""
 
     def __init__(self, tar_path: Path) -> None:
-        self.tar_path = tar_path
+        self.tar_path = str(tar_path)
         self.description = f"{tar_path} (tar)"
-        self._files: dict[PurePosixPath, tuple[int, int]] = {}
-        self._dirs: dict[PurePosixPath, dict[str, bool]] = {}
-        prefix = None
+        self._files: dict[str, tuple[int, int]] = {}
+        self._dirs: dict[str, dict[str, bool]] = {}
+        prefix: str | None = None
         try:
             with tarfile.open(tar_path, "r:") as tf:
                 for ti in tf:
-                    name = PurePosixPath(ti.name.lstrip("/"))
-                    if name.parts and name.parts[0] == ".":
-                        name = PurePosixPath(*name.parts[1:])
+                    parts = [p for p in ti.name.split("/") if p and p != "."]
                     if prefix is None:
-                        prefix = _find_v2_prefix(name)
-                    if prefix is None or not _is_relative_to(name, prefix):
+                        prefix = _find_v2_prefix(parts)
+                    if prefix is None:
                         continue
-                    rel = name.relative_to(prefix)
+                    name = "/".join(parts)
+                    if prefix:
+                        if not name.startswith(prefix + "/"):
+                            continue
+                        name = name[len(prefix) + 1 :]
+                    if not name:
+                        continue
                     if ti.isreg():
-                        self._files[rel] = (ti.offset_data, ti.size)
-                        self._add(rel, False)
+                        self._files[name] = (ti.offset_data, ti.size)
+                        self._add(name, False)
                     elif ti.isdir():
-                        self._add(rel, True)
+                        self._add(name, True)
         except tarfile.TarError as e:
             raise NotAStorageTree(f"{tar_path}: not a readable tar ({e})") from None
         if prefix is None:
             raise NotAStorageTree(f"{tar_path}: the tar holds no docker/registry/v2 storage tree")
 
-    def _add(self, rel: PurePosixPath, is_dir: bool) -> None:
-        if rel == PurePosixPath("."):
-            return
-        parent = rel.parent
+    def _add(self, rel: str, is_dir: bool) -> None:
+        parent, _, name = rel.rpartition("/")
         siblings = self._dirs.setdefault(parent, {})
-        siblings[rel.name] = is_dir or siblings.get(rel.name, False)
+        siblings[name] = is_dir or siblings.get(name, False)
         if is_dir:
             self._dirs.setdefault(rel, {})
         # tars made with --no-recursion or by hand may omit directory members: imply them
-        while parent != PurePosixPath("."):
-            grand = parent.parent
-            self._dirs.setdefault(grand, {})[parent.name] = True
+        while parent:
+            grand, _, pname = parent.rpartition("/")
+            self._dirs.setdefault(grand, {})[pname] = True
             parent = grand
 
-    def list_dir(self, path: PurePosixPath) -> list[tuple[str, bool]]:
+    def list_dir(self, path: str) -> list[tuple[str, bool]]:
         return list(self._dirs.get(path, {}).items())
 
-    def read(self, path: PurePosixPath, limit: int) -> bytes | None:
+    def read(self, path: str, limit: int) -> bytes | None:
+        got = self.read_extent(path, limit)
+        return got[0] if got is not None else None
+
+    def read_extent(self, path: str, limit: int) -> tuple[bytes, Extent] | None:
         e = self.extent(path)
         if e is None:
             return None
         with open(self.tar_path, "rb") as f:
-            return os.pread(f.fileno(), min(limit, e.size), e.offset)
+            return os.pread(f.fileno(), min(limit, e.size), e.offset), e
 
-    def extent(self, path: PurePosixPath) -> Extent | None:
+    def extent(self, path: str) -> Extent | None:
         loc = self._files.get(path)
-        return Extent(str(self.tar_path), loc[0], loc[1]) if loc else None
+        return Extent(self.tar_path, loc[0], loc[1]) if loc else None
 
 
-def _is_relative_to(p: PurePosixPath, prefix: PurePosixPath) -> bool:
-    return prefix == PurePosixPath(".") or p.parts[: len(prefix.parts)] == prefix.parts
-
-
-def _find_v2_prefix(name: PurePosixPath) -> PurePosixPath | None:
+def _find_v2_prefix(parts: list[str]) -> str | None:
     """The directory inside the tar that plays ``v2``: ``…/docker/registry/v2`` or a top-level tree."""
-    parts = name.parts
+    suffix = V2_SUFFIX.split("/")
     for i in range(len(parts) - 2):
-        if parts[i : i + 3] == V2_SUFFIX.parts:
-            return PurePosixPath(*parts[: i + 3])
+        if parts[i : i + 3] == suffix:
+            return "/".join(parts[: i + 3])
     if parts and parts[0] in ("repositories", "blobs"):
-        return PurePosixPath(".")
+        return ""
     if len(parts) >= 2 and parts[0] == "v2" and parts[1] in ("repositories", "blobs"):
-        return PurePosixPath("v2")
+        return "v2"
     return None
 
 

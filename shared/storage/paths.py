@@ -17,13 +17,13 @@ sit inside another (``team/sub`` and ``team/sub/app``); the leading ``_`` of ``_
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from ..digest import Digest
 
-V2_SUFFIX = PurePosixPath("docker/registry/v2")
+V2_SUFFIX = "docker/registry/v2"
 
 # distribution/reference grammar (reference/regexp.go), one path component and the whole name
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
@@ -107,37 +107,42 @@ PathSpec = (
 
 @dataclass(frozen=True)
 class StorageLayout:
-    """Maps path specs to paths below ``v2`` (the ``docker/registry/v2`` directory)."""
+    """Maps path specs to paths below ``v2`` (the ``docker/registry/v2`` directory).
 
-    v2: PurePosixPath
+    Paths are plain strings, as in distribution: the walk of a 5000-tag tree builds some 10^5 of them, and
+    pathlib objects cost more than the file system calls they name.  With ``v2=""`` paths are relative.
+    """
+
+    v2: str = ""
 
     @classmethod
-    def for_root(cls, root: str | PurePosixPath) -> StorageLayout:
+    def for_root(cls, root: str | os.PathLike[str]) -> StorageLayout:
         """The layout of a registry whose ``rootdirectory`` is ``root`` (Harbor 1.x: /data/registry)."""
-        return cls(PurePosixPath(root) / V2_SUFFIX)
+        return cls(f"{os.fspath(root).rstrip('/')}/{V2_SUFFIX}")
 
-    def path(self, spec: PathSpec) -> PurePosixPath:
-        repos = self.v2 / "repositories"
+    def path(self, spec: PathSpec) -> str:
         match spec:
             case BlobData(d):
-                return self.v2 / "blobs" / d.algorithm / d.hex[:2] / d.hex / "data"
+                rel = f"blobs/{d.algorithm}/{d.hex[:2]}/{d.hex}/data"
             case RepositoriesRoot():
-                return repos
+                rel = "repositories"
             case RepositoryDir(repo):
-                return repos / repo
+                rel = f"repositories/{repo}"
             case LayerLink(repo, d):
-                return repos / repo / "_layers" / d.algorithm / d.hex / "link"
+                rel = f"repositories/{repo}/_layers/{d.algorithm}/{d.hex}/link"
             case ManifestRevisionsDir(repo):
-                return repos / repo / "_manifests" / "revisions"
+                rel = f"repositories/{repo}/_manifests/revisions"
             case ManifestRevisionLink(repo, d):
-                return repos / repo / "_manifests" / "revisions" / d.algorithm / d.hex / "link"
+                rel = f"repositories/{repo}/_manifests/revisions/{d.algorithm}/{d.hex}/link"
             case TagsDir(repo):
-                return repos / repo / "_manifests" / "tags"
+                rel = f"repositories/{repo}/_manifests/tags"
             case TagCurrentLink(repo, tag):
-                return repos / repo / "_manifests" / "tags" / tag / "current" / "link"
+                rel = f"repositories/{repo}/_manifests/tags/{tag}/current/link"
             case TagIndexEntryLink(repo, tag, d):
-                return repos / repo / "_manifests" / "tags" / tag / "index" / d.algorithm / d.hex / "link"
-        raise TypeError(f"unknown path spec {spec!r}")
+                rel = f"repositories/{repo}/_manifests/tags/{tag}/index/{d.algorithm}/{d.hex}/link"
+            case _:
+                raise TypeError(f"unknown path spec {spec!r}")
+        return f"{self.v2}/{rel}" if self.v2 else rel
 
 
 def parse_link(content: bytes) -> Digest:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 import pytest
 
 from shared.digest import Digest
@@ -24,17 +22,15 @@ def test_paths_follow_distribution_layout_below_any_root() -> None:
     for root in ("/var/lib/registry", "/data/registry"):
         lay = StorageLayout.for_root(root)
         v2 = f"{root}/docker/registry/v2"
-        assert lay.path(BlobData(D)) == PurePosixPath(f"{v2}/blobs/sha256/ab/{D.hex}/data")
-        assert lay.path(LayerLink("a/b", D)) == PurePosixPath(
-            f"{v2}/repositories/a/b/_layers/sha256/{D.hex}/link"
-        )
-        assert lay.path(ManifestRevisionLink("a", D)) == PurePosixPath(
+        assert lay.path(BlobData(D)) == (f"{v2}/blobs/sha256/ab/{D.hex}/data")
+        assert lay.path(LayerLink("a/b", D)) == (f"{v2}/repositories/a/b/_layers/sha256/{D.hex}/link")
+        assert lay.path(ManifestRevisionLink("a", D)) == (
             f"{v2}/repositories/a/_manifests/revisions/sha256/{D.hex}/link"
         )
-        assert lay.path(TagCurrentLink("a", "current")) == PurePosixPath(
+        assert lay.path(TagCurrentLink("a", "current")) == (
             f"{v2}/repositories/a/_manifests/tags/current/current/link"
         )
-        assert lay.path(TagIndexEntryLink("a", "t", D)) == PurePosixPath(
+        assert lay.path(TagIndexEntryLink("a", "t", D)) == (
             f"{v2}/repositories/a/_manifests/tags/t/index/sha256/{D.hex}/link"
         )
 

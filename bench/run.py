@@ -1,0 +1,151 @@
+"""``make bench``: ferry measured side by side with what a plain copy costs, on registry-shaped trees.
+
+Every figure is the best of a few warm runs (page cache hot for both sides: the same conditions for ferry and
+for the reference command).  Peak memory is the child's max RSS from wait4.  Results are printed as a table
+and written to bench/out/results.json; the goals of the issues are checked and reported as PASS/FAIL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.trees import TREES
+
+OUT = Path(__file__).resolve().parent / "out"
+RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "3"))
+
+
+@dataclass
+class Measure:
+    seconds: float
+    peak_mib: float
+    cpu_seconds: float
+
+
+def measure(cmd: list[str] | str, *, before: object = None) -> Measure:
+    """Best wall time over RUNS runs of ``cmd`` (shell string or argv), with peak RSS and CPU time."""
+    best: Measure | None = None
+    for _ in range(RUNS):
+        if callable(before):
+            before()
+        t0 = time.perf_counter()
+        p = subprocess.Popen(
+            cmd, shell=isinstance(cmd, str), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        _, status, ru = os.wait4(p.pid, 0)
+        dt = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            err = p.stderr.read().decode() if p.stderr else ""
+            raise SystemExit(f"bench command failed: {cmd}\n{err}")
+        m = Measure(dt, ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime)
+        if best is None or m.seconds < best.seconds:
+            best = m
+    assert best is not None
+    return best
+
+
+def rm(*paths: Path) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def blob_files(root: Path) -> list[str]:
+    return sorted(str(p) for p in (root / "docker/registry/v2/blobs").rglob("data"))
+
+
+def bench_tree(name: str, root: Path, facts: dict[str, int], results: dict[str, object]) -> None:
+    ferry = shutil.which("ferry") or "ferry"
+    work = OUT / f"{name}-work"
+    rm(work)
+    work.mkdir(parents=True)
+    bundle, plain = work / "bundle.tar", work / "plain.tar"
+    size_mb = facts["bytes"] / 1e6
+
+    # export vs tar -cf of the same storage tree
+    exp = measure([ferry, "export", str(root), "-o", str(bundle), "-q"], before=lambda: rm(bundle))
+    tar = measure(["tar", "-cf", str(plain), "-C", str(root), "docker"], before=lambda: rm(plain))
+    # verify (both cores, sha256 + xxh3) vs openssl dgst -sha256 (one core) over the same blob bytes
+    ver = measure([ferry, "verify", str(bundle), "-q"])
+    files = blob_files(root)
+    listfile = work / "blobs.txt"
+    listfile.write_text("\n".join(files))
+    ossl = measure(f"xargs -a {listfile} openssl dgst -sha256 > /dev/null")
+    r = {
+        "tree": facts,
+        "export_s": round(exp.seconds, 3),
+        "tar_cf_s": round(tar.seconds, 3),
+        "export_vs_tar": round(exp.seconds / tar.seconds, 3),
+        "export_MBps": round(size_mb / exp.seconds, 1),
+        "tar_MBps": round(size_mb / tar.seconds, 1),
+        "export_peak_MiB": round(exp.peak_mib, 1),
+        "verify_s": round(ver.seconds, 3),
+        "openssl_sha256_s": round(ossl.seconds, 3),
+        "verify_speedup_vs_openssl": round(ossl.seconds / ver.seconds, 3),
+        "verify_MBps": round(size_mb / ver.seconds, 1),
+        "verify_peak_MiB": round(ver.peak_mib, 1),
+        "bundle_bytes": bundle.stat().st_size,
+    }
+    results[name] = r
+    rm(plain)
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    results: dict[str, object] = {"machine": {"cores": os.cpu_count(), "runs": RUNS}}
+    trees = TREES
+    only = os.environ.get("FERRY_BENCH_ONLY")
+    for name in trees:
+        if only and name not in only.split(","):
+            continue
+        root = OUT / f"{name}-tree"
+        stamp = root / ".facts.json"
+        if not stamp.exists():
+            rm(root)
+            print(f"generating {name} tree ...", file=sys.stderr)
+            # in a child process: the generator holds large buffers, and a child forked from a big parent
+            # would report the parent's memory as its own peak RSS
+            subprocess.run([sys.executable, "-m", "bench.trees", name, str(root)], check=True)
+        facts = json.loads(stamp.read_text())
+        print(f"benchmarking {name}: {facts}", file=sys.stderr)
+        bench_tree(name, root, facts, results)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    report(results)
+
+
+def report(results: dict[str, object]) -> None:
+    goals = []
+    print(
+        f"\n{'tree':<10} {'ferry export':>13} {'tar -cf':>9} {'ratio':>6} {'MB/s':>7} {'peak MiB':>9} "
+        f"{'verify':>8} {'openssl':>8} {'speedup':>8}"
+    )
+    for name, r in results.items():
+        if name == "machine":
+            continue
+        assert isinstance(r, dict)
+        print(
+            f"{name:<10} {r['export_s']:>12.2f}s {r['tar_cf_s']:>8.2f}s {r['export_vs_tar']:>6.2f} "
+            f"{r['export_MBps']:>7.0f} {r['export_peak_MiB']:>9.1f} {r['verify_s']:>7.2f}s "
+            f"{r['openssl_sha256_s']:>7.2f}s {r['verify_speedup_vs_openssl']:>7.2f}x"
+        )
+        goals.append((f"{name}: export no slower than tar -cf (ratio <= 1.0)", r["export_vs_tar"] <= 1.0))
+        goals.append((f"{name}: verify >= 1.6x openssl dgst -sha256", r["verify_speedup_vs_openssl"] >= 1.6))
+        if name == "tags-5000":
+            goals.append((f"{name}: export peak memory < 200 MiB", r["export_peak_MiB"] < 200))
+    print()
+    for text, ok in goals:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    print(f"\nresults: {OUT / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
