@@ -8,6 +8,7 @@ details it carries and a hint) and its exit code; anything else is a bug and sho
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -16,9 +17,19 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from bundler.export import ExportOptions, ExportResult
+from bundler.export import run as run_export
+from importer.harbor1 import HarborAccess
+from importer.inspect import InspectResult
+from importer.inspect import run as run_inspect
+from importer.restore import RestoreOptions, RestoreResult
+from importer.restore import run as run_restore
+from importer.verify import VerifyOptions, VerifyResult
+from importer.verify import run as run_verify
 from shared import __version__
 from shared.errors import FerryError, UsageError
 from shared.storage.reader import Selection
+from shared.storage.writer import Owner
 
 from . import render
 
@@ -154,8 +165,6 @@ def export(
     stops the export (or is skipped with --skip-broken). The bundle is written as BUNDLE.partial and renamed
     when complete.
     """
-    from bundler.export import ExportOptions, ExportResult
-    from bundler.export import run as run_export
 
     def go() -> ExportResult:
         if output == "-" and sys.stdout.isatty():
@@ -222,8 +231,6 @@ def verify(
 
     A damaged bundle exits 1 and lists each bad member, the volume it sits in and the images it breaks.
     """
-    from importer.verify import VerifyOptions, VerifyResult
-    from importer.verify import run as run_verify
 
     def go() -> VerifyResult:
         with render.progress(not quiet and not as_json) as on_progress:
@@ -243,8 +250,6 @@ def verify(
 @app.command()
 def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Show what a bundle holds: repositories, tags, images, blobs, bytes, skipped items, source."""
-    from importer.inspect import InspectResult
-    from importer.inspect import run as run_inspect
 
     def show(r: InspectResult) -> None:
         d: dict[str, Any] = r.to_dict()
@@ -275,6 +280,157 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
             )
 
     _execute(lambda: run_inspect(bundle), as_json=as_json, quiet=quiet, show=show)
+
+
+# ----------------------------------------------------------------------------------------------------
+# restore
+
+
+def parse_owner(text: str) -> Owner | None:
+    if text == "keep":
+        return None
+    uid, _, gid = text.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise UsageError(f"--owner {text!r}: expected UID:GID (e.g. 10000:10000) or 'keep'")
+    return Owner(int(uid), int(gid or uid))
+
+
+def _password(password_stdin: bool, bundle_on_stdin: bool, env: str) -> str:
+    if password_stdin:
+        if bundle_on_stdin:
+            raise UsageError(
+                "--password-stdin cannot be used when the bundle comes from stdin", hint=f"Set {env}."
+            )
+        return sys.stdin.readline().rstrip("\n")
+    pw = os.environ.get(env)
+    if pw is None:
+        raise UsageError(f"no password: pass --password-stdin or set {env} (never on the command line)")
+    return pw
+
+
+@app.command()
+def restore(
+    bundle: Annotated[
+        str,
+        typer.Argument(help="The bundle (file, volume set, or '-' for stdin).", show_default=False),
+    ],
+    root: Annotated[
+        Path,
+        typer.Option(
+            "--root",
+            help="Registry storage directory (Harbor 1.x: /data/registry; it holds docker/registry/v2).",
+            show_default=False,
+        ),
+    ],
+    owner: Annotated[
+        str,
+        typer.Option(
+            "--owner", help="UID:GID for everything written, or 'keep'. Harbor's registry user is 10000."
+        ),
+    ] = "10000:10000",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print what would be written and what is already there; write nothing."
+        ),
+    ] = False,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="Clear Harbor's registry cache (Redis DB 1) at this URL, e.g. redis://host:6379.",
+        ),
+    ] = None,
+    redis_dump: Annotated[
+        Path | None,
+        typer.Option("--redis-dump", help="With Harbor stopped: remove this Redis dump file instead."),
+    ] = None,
+    harbor_url: Annotated[
+        str | None,
+        typer.Option(
+            "--harbor-url", help="Harbor 1.x URL: create missing projects and call syncregistry/syncquota."
+        ),
+    ] = None,
+    harbor_user: Annotated[str, typer.Option("--harbor-user", help="Harbor admin account.")] = "admin",
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the Harbor password from stdin (else FERRY_HARBOR_PASSWORD)."
+        ),
+    ] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Do not verify Harbor's TLS certificate.")
+    ] = False,
+    jobs: JobsOpt = 0,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a bundle into registry storage (Harbor 1.x, or any Docker Distribution), then resync Harbor.
+
+    Writes the Distribution layout (blobs, _layers and revision links, tags), merging into what is there;
+    every blob is verified as it lands and tags are written only once the bundle proved complete.
+    Running it twice changes nothing.
+    """
+
+    def go() -> RestoreResult:
+        harbor = None
+        if harbor_url:
+            pw = _password(password_stdin, bundle == "-", "FERRY_HARBOR_PASSWORD")
+            harbor = HarborAccess(harbor_url, harbor_user, pw, verify=not insecure)
+        opts = RestoreOptions(
+            bundle=bundle,
+            root=root,
+            owner=parse_owner(owner),
+            dry_run=dry_run,
+            jobs=jobs,
+            redis_url=redis_url,
+            redis_dump=redis_dump,
+            harbor=harbor,
+        )
+        with render.progress(not quiet and not as_json) as on_progress:
+            return run_restore(opts, stdin=sys.stdin.buffer, on_progress=on_progress)
+
+    def show(r: RestoreResult) -> None:
+        p = r.plan
+        if r.dry_run:
+            render.out.print(
+                f"[bold]plan[/] for {r.root}: {p.repositories} repositories, {p.tags} tags; "
+                f"{p.blobs_to_write} blobs to write ({render.human(p.bytes_to_write)}), {p.blobs_present} already there"
+                + (f"; tags that would move: {', '.join(p.tags_to_move)}" if p.tags_to_move else ""),
+                soft_wrap=True,
+            )
+            if r.projects:
+                render.out.print(f"Harbor projects needed: {', '.join(r.projects)}", soft_wrap=True)
+            return
+        for tag, old, new in r.tags_moved:
+            render.err.print(f"[yellow]moved[/] {tag}: {old[:19]}… → {new[:19]}…", soft_wrap=True)
+        render.err.print(
+            f"[green]restored[/] {p.repositories} repositories, {p.tags} tags into {r.root}: "
+            f"{r.blobs_written} blobs written ({render.human(r.bytes_written)}), {r.blobs_present} already there, "
+            f"{r.tags_written} tags written in {r.seconds:.1f}s",
+            soft_wrap=True,
+        )
+        if r.redis_keys_deleted is not None:
+            render.err.print(f"redis: {r.redis_keys_deleted} registry cache keys deleted (DB 1)")
+        if r.redis_dump_removed is not None:
+            render.err.print(f"redis dump {'removed' if r.redis_dump_removed else 'was not there'}")
+        if r.harbor is not None:
+            h = r.harbor
+            render.err.print(
+                f"Harbor {h.version}: projects created {', '.join(h.created) or '-'}, existing {', '.join(h.existing) or '-'}; "
+                f"syncregistry called{'; syncquota called' if h.synced_quota else ''}",
+                soft_wrap=True,
+            )
+        for o in r.orphans:
+            render.err.print(
+                f"[yellow]warning[/] {o}: no project component, Harbor will not list it", soft_wrap=True
+            )
+        if r.next_steps:
+            render.err.print("[bold]next steps[/]:")
+            for i, step in enumerate(r.next_steps, 1):
+                render.err.print(f"  {i}. {step}", soft_wrap=True)
+
+    _execute(go, as_json=as_json, quiet=quiet, show=show)
 
 
 def main() -> None:

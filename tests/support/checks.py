@@ -60,3 +60,34 @@ def tags_of(catalog: Catalog) -> dict[str, dict[str, str]]:
 def tar_member_names(path: Path) -> list[str]:
     with tarfile.open(path) as tf:
         return tf.getnames()
+
+
+def assert_tree_consistent(root: Path, catalog: Catalog) -> None:
+    """Every link the registry needs to serve ``catalog`` from ``root`` exists, exact, with verified data."""
+    from shared.digest import Digest
+    from shared.storage.paths import (
+        BlobData,
+        LayerLink,
+        ManifestRevisionLink,
+        StorageLayout,
+        TagCurrentLink,
+        TagIndexEntryLink,
+    )
+
+    lay = StorageLayout.for_root(root)
+
+    def link(spec: object, digest: str) -> None:
+        p = Path(lay.path(spec))  # type: ignore[arg-type]
+        assert p.read_bytes() == digest.encode(), f"{p} does not hold exactly {digest}"
+
+    for d in [*catalog.blobs, *catalog.manifests]:
+        data = Path(lay.path(BlobData(Digest.parse(d)))).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == d
+    for repo in catalog.repositories:
+        for d in repo.manifests:
+            link(ManifestRevisionLink(repo.name, Digest.parse(d)), d)
+        for b in catalog.repository_blobs(repo):
+            link(LayerLink(repo.name, Digest.parse(b)), b)
+        for tag, d in repo.tags.items():
+            link(TagCurrentLink(repo.name, tag), d)
+            link(TagIndexEntryLink(repo.name, tag, Digest.parse(d)), d)

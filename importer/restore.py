@@ -1,0 +1,215 @@
+"""``ferry restore``: a bundle into registry storage (Harbor 1.x ``/data/registry``, or any Distribution root).
+
+Order: the bundle is opened and checked (index, trailer, member layout) before anything is written; blobs
+and manifests are written and verified as they land; tags come last, only after the bundle proved complete;
+then Harbor is told (Redis cache, projects, sync) or the exact next steps are listed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from shared.bundle.source import open_source
+from shared.digest import Digest
+from shared.errors import UsageError
+from shared.model import Catalog
+from shared.progress import ProgressCallback, no_progress
+from shared.storage.paths import BlobData, StorageLayout, TagCurrentLink
+from shared.storage.writer import Owner, StorageTreeSink
+from shared.transfer import copy
+
+from . import harbor1
+
+log = logging.getLogger(__name__)
+
+HARBOR_OWNER = Owner(10000, 10000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreOptions:
+    bundle: str  # a path, or "-" for stdin
+    root: Path
+    owner: Owner | None = HARBOR_OWNER
+    dry_run: bool = False
+    jobs: int = 0
+    redis_url: str | None = None
+    redis_dump: Path | None = None
+    harbor: harbor1.HarborAccess | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    repositories: int
+    tags: int
+    blobs_to_write: int
+    bytes_to_write: int
+    blobs_present: int
+    tags_to_move: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "repositories": self.repositories,
+            "tags": self.tags,
+            "blobsToWrite": self.blobs_to_write,
+            "bytesToWrite": self.bytes_to_write,
+            "blobsPresent": self.blobs_present,
+            "tagsToMove": list(self.tags_to_move),
+        }
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    root: str
+    dry_run: bool
+    plan: Plan
+    blobs_written: int = 0
+    blobs_present: int = 0
+    bytes_written: int = 0
+    tags_written: int = 0
+    tags_moved: tuple[tuple[str, str, str], ...] = ()
+    redis_keys_deleted: int | None = None
+    redis_dump_removed: bool | None = None
+    harbor: harbor1.HarborSync | None = None
+    orphans: tuple[str, ...] = ()
+    next_steps: tuple[str, ...] = ()
+    seconds: float = 0.0
+    projects: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {
+            "root": self.root,
+            "dryRun": self.dry_run,
+            "plan": self.plan.to_dict(),
+            "blobsWritten": self.blobs_written,
+            "blobsPresent": self.blobs_present,
+            "bytesWritten": self.bytes_written,
+            "tagsWritten": self.tags_written,
+            "tagsMoved": [{"tag": t, "from": a, "to": b} for t, a, b in self.tags_moved],
+            "projects": list(self.projects),
+            "repositoriesWithoutProject": list(self.orphans),
+            "nextSteps": list(self.next_steps),
+            "seconds": round(self.seconds, 3),
+        }
+        if self.redis_keys_deleted is not None:
+            d["redisKeysDeleted"] = self.redis_keys_deleted
+        if self.redis_dump_removed is not None:
+            d["redisDumpRemoved"] = self.redis_dump_removed
+        if self.harbor is not None:
+            d["harbor"] = {
+                "version": self.harbor.version,
+                "projectsCreated": list(self.harbor.created),
+                "projectsExisting": list(self.harbor.existing),
+                "syncRegistry": self.harbor.synced_registry,
+                "syncQuota": self.harbor.synced_quota,
+            }
+        return d
+
+
+def plan(catalog: Catalog, root: Path) -> Plan:
+    layout = StorageLayout.for_root(root)
+    write = present = nbytes = 0
+    for d in [*catalog.blobs, *catalog.manifests]:
+        size = catalog.size_of(d)
+        try:
+            there = os.stat(layout.path(BlobData(Digest.parse(d)))).st_size == size
+        except (FileNotFoundError, NotADirectoryError):
+            there = False
+        if there:
+            present += 1
+        else:
+            write += 1
+            nbytes += size
+    moves = []
+    for repo in catalog.repositories:
+        for tag, d in repo.tags.items():
+            try:
+                with open(layout.path(TagCurrentLink(repo.name, tag)), "rb") as f:
+                    old = f.read(200).decode("ascii", "replace")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if old != d:
+                moves.append(f"{repo.name}:{tag}")
+    return Plan(
+        repositories=len(catalog.repositories),
+        tags=sum(len(r.tags) for r in catalog.repositories),
+        blobs_to_write=write,
+        bytes_to_write=nbytes,
+        blobs_present=present,
+        tags_to_move=tuple(moves),
+    )
+
+
+def _check_owner(owner: Owner | None) -> None:
+    if owner is None or os.geteuid() == 0:
+        return
+    if (owner.uid, owner.gid) != (os.geteuid(), os.getegid()):
+        raise UsageError(
+            f"cannot give files to {owner.uid}:{owner.gid} when running as uid {os.geteuid()} (not root)",
+            hint="Run as root (Harbor's storage belongs to 10000:10000), or pass --owner keep.",
+        )
+
+
+def run(
+    opts: RestoreOptions, *, stdin: BinaryIO | None = None, on_progress: ProgressCallback = no_progress
+) -> RestoreResult:
+    started = time.monotonic()
+    _check_owner(opts.owner if not opts.dry_run else None)
+    try:
+        if opts.root.exists() and not opts.root.is_dir():
+            raise UsageError(f"--root {opts.root}: not a directory")
+    except PermissionError:
+        raise UsageError(
+            f"--root {opts.root}: permission denied", hint="Run as a user who may write there."
+        ) from None
+    source = open_source(opts.bundle, stdin)
+    try:
+        catalog = source.catalog
+        the_plan = plan(catalog, opts.root)
+        projects, orphans = harbor1.projects_of([r.name for r in catalog.repositories])
+        if opts.dry_run:
+            return RestoreResult(
+                str(opts.root),
+                True,
+                the_plan,
+                projects=tuple(projects),
+                orphans=tuple(orphans),
+                seconds=time.monotonic() - started,
+            )
+        opts.root.mkdir(parents=True, exist_ok=True)
+        sink = StorageTreeSink(str(opts.root), owner=opts.owner, jobs=opts.jobs)
+        copy(source, sink, on_progress=on_progress)
+    finally:
+        source.close()
+
+    keys = harbor1.flush_registry_cache(opts.redis_url) if opts.redis_url else None
+    dump = harbor1.remove_dump(opts.redis_dump) if opts.redis_dump else None
+    sync = harbor1.sync_harbor(opts.harbor, projects) if opts.harbor else None
+    steps: list[str] = []
+    if sync is None:
+        steps = harbor1.next_steps(str(opts.root), projects, redis_done=keys is not None or bool(dump))
+    s = sink.stats
+    return RestoreResult(
+        root=str(opts.root),
+        dry_run=False,
+        plan=the_plan,
+        blobs_written=s.blobs_written,
+        blobs_present=s.blobs_present,
+        bytes_written=s.bytes_written,
+        tags_written=s.tags_written,
+        tags_moved=tuple(s.tags_moved),
+        redis_keys_deleted=keys,
+        redis_dump_removed=dump,
+        harbor=sync,
+        projects=tuple(projects),
+        orphans=tuple(orphans),
+        next_steps=tuple(steps),
+        seconds=time.monotonic() - started,
+    )
+
+
+__all__ = ["HARBOR_OWNER", "Plan", "RestoreOptions", "RestoreResult", "plan", "run"]
