@@ -80,6 +80,13 @@ def bench_tree(name: str, root: Path, facts: dict[str, int], results: dict[str, 
     listfile = work / "blobs.txt"
     listfile.write_text("\n".join(files))
     ossl = measure(f"xargs -a {listfile} openssl dgst -sha256 > /dev/null")
+    # restore vs the plain copy: tar -xf of the storage tree, then chown -R for Harbor's registry user
+    dst = work / "restored"
+    base = measure(
+        f"mkdir -p {dst} && tar -xf {plain} -C {dst} && chown -R 10000:10000 {dst}", before=lambda: rm(dst)
+    )
+    rest = measure([ferry, "restore", str(bundle), "--root", str(dst), "-q"], before=lambda: rm(dst))
+    rm(dst)
     r = {
         "tree": facts,
         "export_s": round(exp.seconds, 3),
@@ -94,6 +101,10 @@ def bench_tree(name: str, root: Path, facts: dict[str, int], results: dict[str, 
         "verify_MBps": round(size_mb / ver.seconds, 1),
         "verify_peak_MiB": round(ver.peak_mib, 1),
         "bundle_bytes": bundle.stat().st_size,
+        "restore_s": round(rest.seconds, 3),
+        "tar_xf_chown_s": round(base.seconds, 3),
+        "restore_vs_tar_xf_chown": round(rest.seconds / base.seconds, 3),
+        "restore_peak_MiB": round(rest.peak_mib, 1),
     }
     results[name] = r
     rm(plain)
@@ -139,6 +150,9 @@ def report(results: dict[str, object]) -> None:
         )
         goals.append((f"{name}: export no slower than tar -cf (ratio <= 1.0)", r["export_vs_tar"] <= 1.0))
         goals.append((f"{name}: verify >= 1.6x openssl dgst -sha256", r["verify_speedup_vs_openssl"] >= 1.6))
+        goals.append(
+            (f"{name}: restore no slower than tar -xf + chown -R", r["restore_vs_tar_xf_chown"] <= 1.0)
+        )
         if name == "tags-5000":
             goals.append((f"{name}: export peak memory < 200 MiB", r["export_peak_MiB"] < 200))
     print()

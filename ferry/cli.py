@@ -32,6 +32,7 @@ from shared.storage.reader import Selection
 from shared.storage.writer import Owner
 
 from . import render
+from .demo import run as run_demo
 
 app = typer.Typer(
     name="ferry",
@@ -431,6 +432,16 @@ def restore(
                 render.err.print(f"  {i}. {step}", soft_wrap=True)
 
     _execute(go, as_json=as_json, quiet=quiet, show=show)
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the temp directory with the sample, bundle and restore.")
+    ] = False,
+) -> None:
+    """Run the whole pipeline on an embedded sample registry (nothing outside a temp dir is touched)."""
+    _execute(lambda: run_demo(keep), as_json=False, quiet=True, show=lambda _: None)
 
 
 def main() -> None:

@@ -1,0 +1,141 @@
+"""A real Docker Distribution (Debian's docker-registry 2.8) on 127.0.0.1, for the demo, tests and bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+
+OCI_ACCEPT = ",".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Registry:
+    root: Path  # the registry's rootdirectory (holds docker/registry/v2)
+    schema1: bool = False
+    htpasswd: Path | None = None
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    extra_config: str = ""
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def config_text(self) -> str:
+        lines = [
+            "version: 0.1",
+            f"log: {{level: {os.environ.get('FERRY_REGISTRY_LOG', 'error')}, accesslog: {{disabled: true}}}}",
+            "storage:",
+            f"  filesystem: {{rootdirectory: {self.root}}}",
+            "  delete: {enabled: true}",
+            f"http: {{addr: '127.0.0.1:{self.port}'}}",
+            # foreign (non-distributable) layers are refused unless their URLs are allowed explicitly
+            "validation: {manifests: {urls: {allow: ['^https?://']}}}",
+        ]
+        if self.schema1:
+            lines.append("compatibility: {schema1: {enabled: true}}")
+        if self.htpasswd:
+            lines.append(f"auth: {{htpasswd: {{realm: ferry-test, path: {self.htpasswd}}}}}")
+        return "\n".join(lines) + "\n" + self.extra_config
+
+    def start(self) -> Registry:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._cfg_dir = Path(tempfile.mkdtemp(prefix="ferry-registry-cfg-"))
+        cfg = self._cfg_dir / "config.yml"
+        cfg.write_text(self.config_text())
+        self.config_path = cfg
+        self.proc = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"docker-registry exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}"
+                )
+            try:
+                urllib.request.urlopen(f"{self.url}/v2/", timeout=1)
+                return self
+            except urllib.error.HTTPError:
+                return self  # 401 with auth: it is up
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("docker-registry did not start in 20 s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if getattr(self, "_cfg_dir", None) is not None:
+            shutil.rmtree(self._cfg_dir, ignore_errors=True)
+
+    def __enter__(self) -> Registry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what the registry itself serves ---------------------------------------------------------
+    def _get(
+        self, path: str, accept: str | None = None, method: str = "GET"
+    ) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(f"{self.url}{path}", method=method)
+        if accept:
+            req.add_header("Accept", accept)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def catalog(self) -> list[str]:
+        _, _, body = self._get("/v2/_catalog?n=1000")
+        return list(json.loads(body)["repositories"])
+
+    def tags(self, repo: str) -> list[str]:
+        status, _, body = self._get(f"/v2/{repo}/tags/list")
+        return list(json.loads(body).get("tags") or []) if status == 200 else []
+
+    def manifest(self, repo: str, ref: str) -> tuple[int, str, bytes]:
+        """(status, Docker-Content-Digest, body) of GET manifest with every modern media type accepted."""
+        status, headers, body = self._get(f"/v2/{repo}/manifests/{ref}", OCI_ACCEPT)
+        return status, headers.get("Docker-Content-Digest", ""), body
+
+    def blob_status(self, repo: str, digest: str) -> int:
+        return self._get(f"/v2/{repo}/blobs/{digest}", method="HEAD")[0]
+
+    def delete_manifest(self, repo: str, digest: str) -> int:
+        return self._get(f"/v2/{repo}/manifests/{digest}", method="DELETE")[0]
