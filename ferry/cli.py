@@ -22,6 +22,8 @@ from bundler.export import run as run_export
 from importer.harbor1 import HarborAccess
 from importer.inspect import InspectResult
 from importer.inspect import run as run_inspect
+from importer.push import PushOptions, PushResult, credentials_from
+from importer.push import run as run_push
 from importer.restore import RestoreOptions, RestoreResult
 from importer.restore import run as run_restore
 from importer.verify import VerifyOptions, VerifyResult
@@ -432,6 +434,147 @@ def restore(
                 render.err.print(f"  {i}. {step}", soft_wrap=True)
 
     _execute(go, as_json=as_json, quiet=quiet, show=show)
+
+
+# ----------------------------------------------------------------------------------------------------
+# push
+
+
+def parse_map(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items or []:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise UsageError(f"--map {item!r}: expected OLD=NEW (a repository prefix and its new name)")
+        out.append((old, new))
+    return tuple(out)
+
+
+@app.command()
+def push(
+    bundle: Annotated[
+        str, typer.Argument(help="The bundle (file, volume set, or '-' for stdin).", show_default=False)
+    ],
+    registry: Annotated[
+        str,
+        typer.Option(
+            "--registry",
+            help="Target registry URL: https://harbor.example.com, http://host:5000.",
+            show_default=False,
+        ),
+    ],
+    username: Annotated[
+        str | None, typer.Option("--username", "-u", help="Registry user (password from --password-stdin).")
+    ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin",
+            help="Read the password from stdin (else FERRY_REGISTRY_PASSWORD or docker config).",
+        ),
+    ] = False,
+    ca_cert: Annotated[
+        Path | None, typer.Option("--ca-cert", help="CA certificate bundle for the registry's TLS.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Do not verify the registry's TLS certificate.")
+    ] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Blobs and images in flight at once.")] = 8,
+    chunk_size: Annotated[
+        str,
+        typer.Option(
+            "--chunk-size", help="Blobs larger than this go up in chunked PATCHes (64MiB, 10MB, …)."
+        ),
+    ] = "64MiB",
+    retries: Annotated[
+        int, typer.Option("--retries", min=1, help="Attempts per request or upload on retryable errors.")
+    ] = 5,
+    harbor: Annotated[
+        bool | None,
+        typer.Option(
+            "--harbor/--no-harbor",
+            help="Treat the target as Harbor 2.x (default: detect via /api/v2.0/systeminfo).",
+        ),
+    ] = None,
+    default_project: Annotated[
+        str,
+        typer.Option(
+            "--default-project", help="Harbor project for one-level names (alpine → library/alpine)."
+        ),
+    ] = "library",
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="Rename a repository prefix: OLD=NEW (repeatable).")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the plan against the live target; upload nothing, create nothing."
+        ),
+    ] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Push a bundle through the Registry V2 API into Harbor 2.x or any registry.
+
+    Blobs the target has are skipped, blobs pushed to another repository are mounted, the rest uploaded
+    (chunked above --chunk-size); manifests keep their exact bytes and digests. Re-running finishes what
+    an interrupted run left and uploads nothing twice. Exits 1 if any image failed.
+    """
+
+    def go() -> PushResult:
+        password = None
+        if username:
+            if not password_stdin and os.environ.get("FERRY_REGISTRY_PASSWORD") is None:
+                raise UsageError(
+                    "--username needs --password-stdin or FERRY_REGISTRY_PASSWORD (never a password in argv)"
+                )
+            password = _password(password_stdin, bundle == "-", "FERRY_REGISTRY_PASSWORD")
+        opts = PushOptions(
+            bundle=bundle,
+            registry=registry if "://" in registry else f"https://{registry}",
+            credentials=credentials_from(registry, username, password),
+            ca_cert=str(ca_cert) if ca_cert else None,
+            insecure=insecure,
+            jobs=jobs,
+            chunk_size=parse_size(chunk_size),
+            retries=retries,
+            harbor=harbor,
+            default_project=default_project,
+            maps=parse_map(map_),
+            dry_run=dry_run,
+        )
+        with render.progress(not quiet and not as_json) as on_progress:
+            result = run_push(opts, stdin=sys.stdin.buffer, on_progress=on_progress)
+        return result
+
+    def show(r: PushResult) -> None:
+        if r.dry_run:
+            p = r.plan
+            render.out.print(
+                f"[bold]plan[/] for {r.registry}{' (Harbor ' + r.harbor + ')' if r.harbor else ''}: "
+                f"{len(r.images)} images; {p['blobsToUpload']} blobs to upload ({render.human(float(p['bytesToUpload']))}), "  # type: ignore[arg-type]
+                f"{p['blobsPresent']} already there"
+                + (f"; projects to create: {', '.join(r.projects_created)}" if r.projects_created else ""),
+                soft_wrap=True,
+            )
+            return
+        for i in r.images:
+            if i.status != "pushed":
+                colour = "red" if i.status == "failed" else "yellow"
+                render.err.print(f"[{colour}]{i.status}[/] {i.ref}: {i.reason}", soft_wrap=True)
+        d = r.to_dict()
+        render.err.print(
+            f"[{'green' if not r.failed else 'red'}]pushed[/] {d['pushed']} images, {d['skipped']} skipped, "
+            f"{d['failed']} failed → {r.registry}: {r.blobs_uploaded} blobs uploaded ({render.human(r.bytes_uploaded)}), "
+            f"{r.blobs_mounted} mounted, {r.blobs_present} already there"
+            + (f"; projects created: {', '.join(r.projects_created)}" if r.projects_created else "")
+            + f" in {r.seconds:.1f}s",
+            soft_wrap=True,
+        )
+
+    result = _execute(go, as_json=as_json, quiet=quiet, show=show)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -163,18 +163,87 @@ class UnsafeBundle(FerryError):
     default_hint = "Do not import this bundle; re-export it from the source registry."
 
 
+@dataclass(frozen=True)
+class Diagnostic:
+    """One entry of a registry's ``{"errors": [...]}`` body (distribution-spec error codes)."""
+
+    code: str
+    message: str = ""
+    detail: str = ""
+
+
+#: statuses worth another try: the registry (or something in front of it) was busy or broken for a moment
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class RegistryError(FerryError):
+    """A registry answered with an error (or could not be reached)."""
+
+    code = "registry"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        method: str = "",
+        url: str = "",
+        diagnostics: tuple[Diagnostic, ...] = (),
+        retry_after: float | None = None,
+        transport: bool = False,
+        hint: str | None = None,
+    ) -> None:
+        self.status = status
+        self.method = method
+        self.url = url  # redacted: never carries credentials or tokens
+        self.diagnostics = diagnostics
+        self.retry_after = retry_after
+        self.transport = transport
+        super().__init__(message, hint=hint)
+
+    @property
+    def retryable(self) -> bool:
+        return self.transport or (self.status in RETRYABLE_STATUS)
+
+    @property
+    def spec_codes(self) -> tuple[str, ...]:
+        return tuple(d.code for d in self.diagnostics)
+
+    def to_dict(self) -> dict[str, object]:
+        d = super().to_dict()
+        d.update(
+            status=self.status, method=self.method, url=self.url, errors=[vars(x) for x in self.diagnostics]
+        )
+        return d
+
+
+class AuthError(RegistryError):
+    code = "registry-auth"
+    default_hint = "Check the credentials (--username with --password-stdin, FERRY_REGISTRY_USERNAME/PASSWORD, or docker login)."
+
+
+class RegistryUnreachable(RegistryError):
+    code = "registry-unreachable"
+    default_hint = "Check the registry URL, DNS, the network path and TLS (--ca-cert, --insecure)."
+
+
 __all__ = [
+    "RETRYABLE_STATUS",
+    "AuthError",
     "BlobNotFound",
     "BrokenImage",
     "BrokenImages",
     "BundleDamaged",
     "BundleFormatError",
     "BundleVersionError",
+    "Diagnostic",
     "DigestMismatch",
     "DiskFull",
     "FerryError",
     "NotAStorageTree",
     "OutputError",
+    "RegistryError",
+    "RegistryUnreachable",
     "SourceNotFound",
     "UnsafeBundle",
     "UsageError",

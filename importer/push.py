@@ -1,0 +1,346 @@
+"""``ferry push``: replay a bundle through the Registry V2 API into Harbor 2.x (or any registry).
+
+Before the first upload: the bundle is opened (a file is checked completely), names are mapped to what the
+target accepts (Harbor: every repository needs a project; ``--map old=new`` rewrites prefixes, a one-level
+name goes to ``--default-project``), invalid names are reported all at once, and missing Harbor projects are
+created.  Then the copy algorithm runs against :class:`~importer.registry.sink.RegistrySink` and the result
+is reported per image: pushed, skipped (with why), or failed (with why).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from shared.bundle.source import open_source
+from shared.errors import RegistryError, UsageError
+from shared.model import Catalog
+from shared.progress import ProgressCallback, no_progress
+from shared.storage.paths import valid_repository
+from shared.transfer import copy
+
+from .registry.client import ClientConfig, Credentials, RegistryClient, with_retries
+from .registry.sink import RegistrySink
+
+log = logging.getLogger(__name__)
+
+#: Harbor's project-name rule (src/pkg/project/manager.go)
+HARBOR_PROJECT_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushOptions:
+    bundle: str  # path or "-"
+    registry: str  # URL
+    credentials: Credentials | None = None
+    ca_cert: str | None = None
+    insecure: bool = False
+    jobs: int = 8
+    chunk_size: int = 64 << 20
+    retries: int = 5
+    harbor: bool | None = None  # None: detect
+    default_project: str = "library"
+    maps: tuple[tuple[str, str], ...] = ()
+    create_projects: bool = True
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    ref: str  # the target reference (mapped name)
+    source: str  # the bundle's reference
+    digest: str
+    status: str  # pushed | skipped | failed
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    registry: str
+    harbor: str | None
+    dry_run: bool
+    projects_created: tuple[str, ...]
+    images: tuple[ImageOutcome, ...]
+    blobs_uploaded: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_uploaded: int = 0
+    plan: dict[str, object] = field(default_factory=dict)
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[ImageOutcome]:
+        return [i for i in self.images if i.status == "failed"]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": not self.failed,
+            "registry": self.registry,
+            "harbor": self.harbor,
+            "dryRun": self.dry_run,
+            "projectsCreated": list(self.projects_created),
+            "images": [vars(i) for i in self.images],
+            "pushed": sum(i.status == "pushed" for i in self.images),
+            "skipped": sum(i.status == "skipped" for i in self.images),
+            "failed": len(self.failed),
+            "blobsUploaded": self.blobs_uploaded,
+            "blobsMounted": self.blobs_mounted,
+            "blobsPresent": self.blobs_present,
+            "bytesUploaded": self.bytes_uploaded,
+            "plan": self.plan,
+            "seconds": round(self.seconds, 3),
+            "cpuSeconds": round(self.cpu_seconds, 3),
+        }
+
+
+def credentials_from(url: str, username: str | None, password: str | None) -> Credentials | None:
+    """``--username`` + password, else FERRY_REGISTRY_USERNAME/PASSWORD, else the docker config's auth."""
+    if username and password is not None:
+        return Credentials(username, password)
+    env_user, env_pw = os.environ.get("FERRY_REGISTRY_USERNAME"), os.environ.get("FERRY_REGISTRY_PASSWORD")
+    if env_user and env_pw is not None:
+        return Credentials(env_user, env_pw)
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    cfg = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    try:
+        auths = json.loads(cfg.read_text()).get("auths", {})
+    except (OSError, ValueError):
+        return None
+    for key, entry in auths.items():
+        if key.split("://", 1)[-1].split("/", 1)[0] == host and entry.get("auth"):
+            user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
+            return Credentials(user, pw)
+    return None
+
+
+def map_names(
+    repositories: list[str], *, harbor: bool, default_project: str, maps: tuple[tuple[str, str], ...]
+) -> dict[str, str]:
+    """Bundle repository -> target repository; raises one UsageError naming every name that cannot work."""
+    out: dict[str, str] = {}
+    bad: list[str] = []
+    for repo in repositories:
+        name = repo
+        for old, new in sorted(maps, key=lambda m: -len(m[0])):
+            if name == old or name.startswith(old.rstrip("/") + "/"):
+                name = new.rstrip("/") + name[len(old.rstrip("/")) :]
+                break
+        if harbor and "/" not in name:
+            name = f"{default_project}/{name}"
+        project = name.split("/", 1)[0]
+        if not valid_repository(name) or (harbor and not HARBOR_PROJECT_RE.fullmatch(project)):
+            bad.append(f"{repo} → {name}")
+        out[repo] = name
+    if bad:
+        raise UsageError(
+            f"{len(bad)} repository name(s) the target cannot take: {', '.join(bad[:10])}",
+            hint="Rename them with --map old=new (Harbor project names: lower case, digits, and . _ - between).",
+        )
+    return out
+
+
+def detect_harbor(client: RegistryClient) -> str | None:
+    try:
+        r = client.http.get(client.url("/api/v2.0/systeminfo"), timeout=30)
+    except Exception:
+        return None
+    if r.status_code == 200:
+        try:
+            return str(r.json().get("harbor_version") or "unknown")
+        except ValueError:
+            return None
+    return None
+
+
+def ensure_projects(
+    client: RegistryClient, projects: list[str], creds: Credentials | None, *, create: bool
+) -> tuple[list[str], list[str]]:
+    """(created, missing-but-not-created). Harbor's API takes basic auth; no cookies are kept."""
+    headers = {}
+    if creds is not None:
+        headers["Authorization"] = (
+            "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+        )
+    created, missing = [], []
+    for p in projects:
+        r = with_retries(
+            lambda p=p: client.request(  # type: ignore[misc]
+                "HEAD",
+                client.url("/api/v2.0/projects"),
+                params={"project_name": p},
+                expect=(200, 404),
+                what=f"check Harbor project {p}",
+                headers=headers,
+            ),
+            attempts=3,
+            what="project check",
+        )
+        if r.status_code == 200:
+            continue
+        if not create:
+            missing.append(p)
+            continue
+        try:
+            client.request(
+                "POST",
+                client.url("/api/v2.0/projects"),
+                expect=(201, 409),
+                what=f"create Harbor project {p}",
+                headers={**headers, "Content-Type": "application/json"},
+                content=json.dumps(
+                    {"project_name": p, "metadata": {"public": "false"}, "storage_limit": -1}
+                ).encode(),
+            )
+        except RegistryError as e:
+            if e.status in (401, 403):
+                raise RegistryError(
+                    f"the account may not create Harbor project {p!r} ({e.status})",
+                    status=e.status,
+                    hint="Create the projects in Harbor first, or push with a system administrator or a system-level robot account.",
+                ) from None
+            raise
+        created.append(p)
+    return created, missing
+
+
+def outcomes(catalog: Catalog, names: dict[str, str], sink: RegistrySink | None) -> list[ImageOutcome]:
+    result = []
+    for image in catalog.images():
+        target = names[image.repository]
+        ref = f"{target}:{image.tag}" if image.tag is not None else f"{target}@{image.digest}"
+        if sink is None:
+            result.append(ImageOutcome(ref, image.ref, image.digest, "planned"))
+            continue
+        s = sink.stats
+        reason = ""
+        status = "pushed"
+        for d in catalog.closure(image.digest):
+            key = (target, d)
+            if key in s.skipped:
+                status, reason = "skipped", s.skipped[key]
+                break
+            if key in s.failed:
+                status, reason = "failed", s.failed[key]
+                break
+        if status == "pushed" and image.tag is not None and (target, image.tag) in s.failed_tags:
+            status, reason = "failed", s.failed_tags[(target, image.tag)]
+        result.append(ImageOutcome(ref, image.ref, image.digest, status, reason))
+    return result
+
+
+def run(
+    opts: PushOptions, *, stdin: BinaryIO | None = None, on_progress: ProgressCallback = no_progress
+) -> PushResult:
+    started = time.monotonic()
+    cpu0 = _cpu()
+    client = RegistryClient(
+        ClientConfig(
+            url=opts.registry,
+            credentials=opts.credentials,
+            ca_cert=opts.ca_cert,
+            insecure=opts.insecure,
+            connections=max(4, opts.jobs * 2),
+        )
+    )
+    source = open_source(opts.bundle, stdin)
+    try:
+        catalog = source.catalog
+        # a first authenticated call proves the URL, TLS and credentials before anything else
+        with_retries(
+            lambda: client.request(
+                "GET", client.url("/v2/"), expect=(200,), what=f"connect to {opts.registry}"
+            ),
+            attempts=3,
+            what="ping",
+        )
+        harbor = detect_harbor(client) if opts.harbor is None else ("forced" if opts.harbor else None)
+        names = map_names(
+            [r.name for r in catalog.repositories],
+            harbor=harbor is not None,
+            default_project=opts.default_project,
+            maps=opts.maps,
+        )
+        created: list[str] = []
+        if harbor is not None:
+            projects = sorted({n.split("/", 1)[0] for n in names.values()})
+            created, missing = ensure_projects(client, projects, opts.credentials, create=not opts.dry_run)
+            if opts.dry_run:
+                created = missing
+        if opts.dry_run:
+            return PushResult(
+                opts.registry,
+                harbor,
+                True,
+                tuple(created),
+                tuple(outcomes(catalog, names, None)),
+                plan=_plan(client, catalog, names),
+                seconds=time.monotonic() - started,
+                cpu_seconds=_cpu() - cpu0,
+            )
+        sink = RegistrySink(
+            client,
+            names=names,
+            jobs=opts.jobs,
+            chunk_size=opts.chunk_size,
+            retries=opts.retries,
+            on_progress=on_progress,
+        )
+        copy(source, sink, on_progress=no_progress)
+    finally:
+        source.close()
+        client.close()
+    s = sink.stats
+    return PushResult(
+        opts.registry,
+        harbor,
+        False,
+        tuple(created),
+        tuple(outcomes(catalog, names, sink)),
+        blobs_uploaded=s.blobs_uploaded,
+        blobs_mounted=s.blobs_mounted,
+        blobs_present=s.blobs_present,
+        bytes_uploaded=s.bytes_uploaded,
+        seconds=time.monotonic() - started,
+        cpu_seconds=_cpu() - cpu0,
+    )
+
+
+def _plan(client: RegistryClient, catalog: Catalog, names: dict[str, str]) -> dict[str, object]:
+    """What a push would send: each unique blob checked once, in the first repository that needs it."""
+    first: dict[str, str] = {}
+    for repo in catalog.repositories:
+        for b in catalog.repository_blobs(repo):
+            first.setdefault(b, names[repo.name])
+    upload = present = nbytes = 0
+    for d, target in first.items():
+        r = client.request(
+            "HEAD", client.url(f"/v2/{target}/blobs/{d}"), expect=(200, 404), what="check blob"
+        )
+        if r.status_code == 200:
+            present += 1
+        else:
+            upload += 1
+            nbytes += catalog.blobs[d].size
+    return {
+        "blobsToUpload": upload,
+        "bytesToUpload": nbytes,
+        "blobsPresent": present,
+        "manifests": sum(len(r.manifests) for r in catalog.repositories),
+    }
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+__all__ = ["ImageOutcome", "PushOptions", "PushResult", "credentials_from", "map_names", "run"]

@@ -1,0 +1,257 @@
+"""A Registry V2 (OCI distribution) client over one pooled ``httpx.Client``.
+
+* Auth: anonymous, basic, and the bearer challenge (``WWW-Authenticate: Bearer realm,service,scope`` →
+  token service → retry), with tokens cached per repository and refreshed before they expire or when a
+  401 says they have.  A streamed body cannot be sent twice, so callers open every upload with a bodyless
+  request (the POST that starts the session), which takes the challenge first.
+* No cookies, ever: Harbor treats a client that sends its session cookie as a browser (CSRF).
+* ``Accept-Encoding: identity``: ferry never wants a registry to re-compress what it serves.
+* Every failure becomes a :class:`~shared.errors.RegistryError` carrying the status, the spec error codes and
+  a redacted URL, and saying whether another try can help; :func:`with_retries` retries only those.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import re
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import httpx
+
+from shared.errors import AuthError, Diagnostic, RegistryError, RegistryUnreachable
+
+from ..harbor1 import NoCookies
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ERROR_BODY_MAX = 64 << 10
+_REPO_RE = re.compile(r"^/v2/(.+?)/(blobs|manifests|tags)/")
+_CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    url: str  # https://harbor.example.com or http://127.0.0.1:5000
+    credentials: Credentials | None = None
+    ca_cert: str | None = None
+    insecure: bool = False
+    timeout: float = 300.0
+    connections: int = 16
+
+
+class RegistryAuth(httpx.Auth):
+    requires_response_body = True  # token answers and error bodies are small; blobs are never downloaded
+
+    def __init__(self, credentials: Credentials | None) -> None:
+        self.credentials = credentials
+        self._lock = threading.Lock()
+        self._tokens: dict[str, tuple[str, float]] = {}  # repository -> (token, expires at)
+        self._basic = False
+
+    def _basic_header(self) -> str:
+        assert self.credentials is not None
+        raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    def _apply(self, request: httpx.Request, repo: str) -> None:
+        with self._lock:
+            token = self._tokens.get(repo)
+            if token is not None and token[1] > time.monotonic():
+                request.headers["Authorization"] = f"Bearer {token[0]}"
+            elif self._basic:
+                request.headers["Authorization"] = self._basic_header()
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        m = _REPO_RE.match(request.url.path)
+        repo = m.group(1) if m else ""
+        self._apply(request, repo)
+        response = yield request
+        if response.status_code != 401:
+            return
+        scheme, params = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if scheme == "basic":
+            if self.credentials is None or self._basic:
+                return
+            self._basic = True
+            request.headers["Authorization"] = self._basic_header()
+            yield request
+            return
+        if scheme != "bearer" or "realm" not in params:
+            return
+        query: list[tuple[str, str | int | float | bool | None]] = [("service", params.get("service", ""))]
+        query += [("scope", s) for s in params.get("scope", "").split(" ") if s]
+        token_request = httpx.Request("GET", params["realm"], params=query)
+        if self.credentials is not None:
+            token_request.headers["Authorization"] = self._basic_header()
+        token_response = yield token_request
+        if token_response.status_code != 200:
+            return  # the original 401 stands and is reported
+        try:
+            doc = json.loads(token_response.content)
+            token = str(doc.get("token") or doc.get("access_token"))
+            expires_in = float(doc.get("expires_in") or 60)
+        except (ValueError, AttributeError):
+            return
+        with self._lock:
+            # refresh 30 s early: a token that expires mid-upload fails the upload
+            self._tokens[repo] = (token, time.monotonic() + max(expires_in - 30, expires_in / 2))
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.partition(" ")
+    return scheme.lower(), dict(_CHALLENGE_RE.findall(rest))
+
+
+def redact(url: str) -> str:
+    """Drop credentials and upload-session state from a URL before it appears in any message."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class RegistryClient:
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.base = config.url.rstrip("/")
+        verify: ssl.SSLContext | bool | str = True
+        if config.insecure:
+            verify = False
+        elif config.ca_cert:
+            verify = ssl.create_default_context(cafile=config.ca_cert)
+        self.auth = RegistryAuth(config.credentials)
+        self.http = httpx.Client(
+            auth=self.auth,
+            verify=verify,
+            timeout=httpx.Timeout(config.timeout, connect=30.0),
+            limits=httpx.Limits(
+                max_connections=config.connections, max_keepalive_connections=config.connections
+            ),
+            headers={"Accept-Encoding": "identity", "User-Agent": "ferry"},
+            follow_redirects=True,  # blob GETs/HEADs may redirect to storage
+        )
+        self.http.cookies.jar.set_policy(NoCookies())
+
+    def close(self) -> None:
+        self.http.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        expect: tuple[int, ...],
+        what: str,
+        headers: dict[str, str] | None = None,
+        content: bytes | Iterator[bytes] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        try:
+            r = self.http.request(method, url, headers=headers, content=content, params=params)
+        except httpx.ConnectError as e:
+            raise _transport_error(e, method, url, what) from None
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+            raise RegistryError(
+                f"{what}: connection failed ({type(e).__name__}: {e})",
+                method=method,
+                url=redact(url),
+                transport=True,
+            ) from None
+        except httpx.StreamConsumed:
+            # the token expired while a streamed body was on its way: the caller restarts the upload
+            raise RegistryError(
+                f"{what}: authorization expired mid-request", method=method, url=redact(url), transport=True
+            ) from None
+        if r.status_code not in expect:
+            raise error_from(r, what)
+        return r
+
+
+def _transport_error(e: Exception, method: str, url: str, what: str) -> RegistryError:
+    text = str(e)
+    if "CERTIFICATE" in text.upper() or "SSL" in text.upper() or "TLS" in text.upper():
+        return RegistryUnreachable(
+            f"{what}: TLS failed talking to {redact(url)} ({text})",
+            method=method,
+            url=redact(url),
+            hint="Pass the registry's CA with --ca-cert, use --insecure to skip verification, or http:// for a plain registry.",
+        )
+    return RegistryUnreachable(
+        f"{what}: cannot connect to {redact(url)} ({text})", method=method, url=redact(url), transport=True
+    )
+
+
+def error_from(r: httpx.Response, what: str) -> RegistryError:
+    diags: list[Diagnostic] = []
+    body = r.content[:ERROR_BODY_MAX]
+    try:
+        for e in json.loads(body).get("errors", []):
+            detail = e.get("detail")
+            diags.append(
+                Diagnostic(
+                    str(e.get("code", "")), str(e.get("message", "")), "" if detail is None else str(detail)
+                )
+            )
+    except (ValueError, AttributeError):
+        pass
+    retry_after = None
+    if r.headers.get("Retry-After", "").isdigit():
+        retry_after = float(r.headers["Retry-After"])
+    codes = ", ".join(f"{d.code}: {d.message}" if d.message else d.code for d in diags)
+    message = f"{what}: {r.status_code} {r.reason_phrase}" + (f" ({codes})" if codes else "")
+    cls = AuthError if r.status_code == 401 else RegistryError
+    return cls(
+        message,
+        status=r.status_code,
+        method=r.request.method,
+        url=redact(str(r.request.url)),
+        diagnostics=tuple(diags),
+        retry_after=retry_after,
+    )
+
+
+def with_retries(
+    fn: Callable[[], T], *, attempts: int, what: str, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """Run ``fn`` until it succeeds, retrying only retryable registry errors, with jittered backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except RegistryError as e:
+            if not e.retryable or attempt == attempts:
+                raise
+            delay = e.retry_after if e.retry_after is not None else min(30.0, 0.5 * 2 ** (attempt - 1))
+            delay *= 1 + random.random() * 0.25
+            log.info("%s: %s; retry %d/%d in %.1fs", what, e.message, attempt, attempts - 1, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+__all__ = [
+    "ClientConfig",
+    "Credentials",
+    "RegistryAuth",
+    "RegistryClient",
+    "error_from",
+    "redact",
+    "with_retries",
+]

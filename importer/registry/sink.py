@@ -1,0 +1,453 @@
+"""A registry as an :class:`~shared.store.ImageSink`: the Registry V2 push flow, concurrent and resumable.
+
+Per blob and target repository: skip it if the registry has it (HEAD), else mount it from a repository this
+run already pushed it to (``POST ?mount=&from=``; a 202 means the mount was refused and the answer is an
+upload session to continue), else upload it: monolithic up to ``chunk_size``, above that in PATCH chunks
+that always follow the newest ``Location``, closed by a PUT that carries no data.  Failed uploads restart
+from a new session with backoff; only retryable errors are retried.
+
+Manifests are sent as the exact bytes of the bundle with ``Content-Type`` equal to their media type; the
+digest the registry answers must equal the bundle's.  Children go before their index, a manifest only after
+its blobs, tags last.  A tagged image is PUT by tag (one request, not digest then tag); everything else by
+digest.  Outcomes are kept per (repository, digest), so one refused image does not stop the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO, cast
+
+import httpx
+
+from shared.digest import CHUNK
+from shared.errors import RegistryError
+from shared.manifest import SCHEMA1_TYPES
+from shared.model import Catalog, Manifest
+from shared.progress import Progress, ProgressCallback, no_progress
+from shared.storage.fs import Extent, ExtentsReader
+from shared.store import BlobContent, SinkResult
+
+from .client import RegistryClient, with_retries
+
+log = logging.getLogger(__name__)
+
+SCHEMA1_REASON = (
+    "schema 1 manifest: the bundle holds it as stored (unsigned) and registries only accept it signed; "
+    "skipped (convert it at the source, e.g. `skopeo copy --format v2s2`)"
+)
+
+
+@dataclass
+class PushStats:
+    blobs_uploaded: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_uploaded: int = 0
+    manifests_put: int = 0
+    #: (target repository, digest) -> why it failed or was skipped
+    failed: dict[tuple[str, str], str] = field(default_factory=dict)
+    skipped: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (target repository, tag) -> why the tag was not set
+    failed_tags: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+class _Body:
+    """Re-readable blob bytes: the bundle's extents, or a spooled copy of a stream."""
+
+    def __init__(self, content: BlobContent) -> None:
+        self.content = content
+        self._spool: BinaryIO | None = None
+
+    def spool_if_stream(self) -> None:
+        if self.content.stream is not None and self._spool is None:
+            spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 (closed by close())
+            shutil.copyfileobj(self.content.stream, spool, CHUNK)
+            self._spool = spool  # type: ignore[assignment]
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        end = self.content.size if end is None else end
+        f: BinaryIO
+        if self._spool is not None:
+            f = self._spool
+            f.seek(start)
+        else:
+            f = cast(BinaryIO, ExtentsReader(_slice(self.content.extents, start, end)))
+        left = end - start
+        while left > 0:
+            data = f.read(min(CHUNK, left))
+            if not data:
+                raise OSError("bundle data ended early")
+            left -= len(data)
+            yield data
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+
+
+def _slice(extents: tuple[Extent, ...], start: int, end: int) -> tuple[Extent, ...]:
+    """The pieces of ``extents`` covering bytes [start, end) of their concatenation."""
+    out, pos = [], 0
+    for e in extents:
+        lo, hi = max(start, pos), min(end, pos + e.size)
+        if lo < hi:
+            out.append(Extent(e.path, e.offset + lo - pos, hi - lo))
+        pos += e.size
+    return tuple(out)
+
+
+class RegistrySink:
+    def __init__(
+        self,
+        client: RegistryClient,
+        *,
+        names: dict[str, str],
+        jobs: int = 8,
+        chunk_size: int = 64 << 20,
+        retries: int = 5,
+        on_progress: ProgressCallback = no_progress,
+    ) -> None:
+        self.client = client
+        self.names = names
+        self.chunk_size = chunk_size
+        self.retries = retries
+        self.stats = PushStats()
+        self._on_progress = on_progress
+        self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="ferry-push")
+        self._lock = threading.Lock()
+        self._blob_jobs: list[Future[None]] = []
+        self._manifest_jobs: dict[tuple[str, str], Future[None]] = {}
+        self._tag_jobs: list[Future[None]] = []
+        self._where: dict[str, str] = {}  # digest -> a target repository known to hold it
+        self._tagged_by_put: set[tuple[str, str]] = set()
+        self._raw: dict[str, bytes] = {}  # manifest bytes, for tags set after the manifest
+        self._catalog: Catalog | None = None
+        self._done_bytes = 0
+        self._total_bytes = 0
+
+    # -- protocol ----------------------------------------------------------------------------------
+    def begin(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        # blobs only a skipped (schema 1) manifest needs are not uploaded: they would leave tagless repositories
+        self._needed: set[tuple[str, str]] = set()
+        for repo in catalog.repositories:
+            for d in repo.manifests:
+                m = catalog.manifests[d]
+                if m.media_type not in SCHEMA1_TYPES:
+                    self._needed.update((repo.name, b) for b in m.blobs)
+        self._total_bytes = sum(b.size for b in catalog.blobs.values())
+
+    def put_blob(self, repos: Sequence[str], content: BlobContent) -> None:
+        body = _Body(content)
+        targets = [self.names[r] for r in repos if (r, content.digest) in self._needed]
+        if not targets:
+            self._advance(content.size)
+            return
+        if content.stream is not None:
+            # a stream is read now, once; it may have to go to several repositories or be retried
+            body.spool_if_stream()
+        self._blob_jobs.append(self._pool.submit(self._blob, targets, body))
+
+    def put_manifest(self, repos: Sequence[str], manifest: Manifest, content: BlobContent) -> None:
+        self._wait(self._blob_jobs)
+        with content.open() as f:
+            raw = f.read()
+        if len(raw) != content.size or "sha256:" + hashlib.sha256(raw).hexdigest() != content.digest:
+            for r in repos:
+                self._fail(
+                    self.names[r], content.digest, "manifest bytes in the bundle do not match their digest"
+                )
+            return
+        assert self._catalog is not None
+        self._raw[content.digest] = raw
+        for repo in repos:
+            target = self.names[repo]
+            key = (target, content.digest)
+            if manifest.media_type in SCHEMA1_TYPES:
+                self.stats.skipped[key] = SCHEMA1_REASON
+                continue
+            children = [(target, c.digest) for c in manifest.children]
+            for child in children:
+                job = self._manifest_jobs.get(child)
+                if job is not None:
+                    job.result()
+            missing = [
+                d for d in (*manifest.blobs, *(c.digest for c in manifest.children)) if self._bad(target, d)
+            ]
+            if missing:
+                self._fail(target, content.digest, f"needs {missing[0]}, which did not land")
+                continue
+            tags = sorted(
+                t
+                for r in self._catalog.repositories
+                if r.name == repo
+                for t, d in r.tags.items()
+                if d == content.digest
+            )
+            ref = tags[0] if tags else content.digest
+            if tags:
+                self._tagged_by_put.add((target, tags[0]))
+            self._manifest_jobs[key] = self._pool.submit(self._put_manifest, target, ref, manifest, raw)
+
+    def tag(self, repo: str, tag: str, digest: str) -> None:
+        target = self.names[repo]
+        if (target, tag) in self._tagged_by_put:
+            return
+        job = self._manifest_jobs.get((target, digest))
+        if job is None:
+            self.stats.failed_tags[(target, tag)] = (
+                self._reason(target, digest) or "its manifest was not pushed"
+            )
+            return
+        job.result()
+        if self._bad(target, digest):
+            return
+        self._tag_jobs.append(self._pool.submit(self._put_tag, target, tag, digest))
+
+    def commit(self) -> SinkResult:
+        self._wait(self._blob_jobs)
+        self._wait(list(self._manifest_jobs.values()))
+        self._wait(self._tag_jobs)
+        self._pool.shutdown()
+        s = self.stats
+        return SinkResult(
+            written_blobs=s.blobs_uploaded, present_blobs=s.blobs_present, written_bytes=s.bytes_uploaded
+        )
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- state -------------------------------------------------------------------------------------
+    def _wait(self, jobs: list[Future[None]]) -> None:
+        for j in jobs:
+            j.result()
+
+    def _fail(self, repo: str, digest: str, reason: str) -> None:
+        with self._lock:
+            self.stats.failed.setdefault((repo, digest), reason)
+        log.warning("%s@%s: %s", repo, digest, reason)
+
+    def _bad(self, repo: str, digest: str) -> bool:
+        key = (repo, digest)
+        return key in self.stats.failed or key in self.stats.skipped
+
+    def _reason(self, repo: str, digest: str) -> str | None:
+        key = (repo, digest)
+        return self.stats.failed.get(key) or self.stats.skipped.get(key)
+
+    def _advance(self, n: int) -> None:
+        with self._lock:
+            self._done_bytes += n
+            self._on_progress(Progress("push", self._done_bytes, self._total_bytes))
+
+    # -- blobs -------------------------------------------------------------------------------------
+    def _blob(self, targets: list[str], body: _Body) -> None:
+        d = body.content.digest
+        try:
+            for repo in targets:
+                try:
+                    self._blob_to(repo, body)
+                except (RegistryError, OSError) as e:
+                    self._fail(repo, d, _describe(e, repo))
+        finally:
+            body.close()
+        self._advance(body.content.size)
+
+    def _blob_to(self, repo: str, body: _Body) -> None:
+        d = body.content.digest
+        c = self.client
+        with self._lock:
+            source = self._where.get(d)
+        if source is None and self._has_blob(repo, d):
+            self._record(d, repo, "present")
+            return
+        location = None
+        if source is not None and source != repo:
+            r = with_retries(
+                lambda: c.request(
+                    "POST",
+                    c.url(f"/v2/{repo}/blobs/uploads/"),
+                    params={"mount": d, "from": source},
+                    expect=(201, 202),
+                    what=f"mount {d} into {repo}",
+                ),
+                attempts=self.retries,
+                what="mount",
+            )
+            if r.status_code == 201:
+                self._record(d, repo, "mounted")
+                return
+            location = _location(r)  # mount refused: the 202 is an upload session to continue
+        elif source == repo:
+            return
+        self._upload(repo, body, location)
+        self._record(d, repo, "uploaded")
+
+    def _record(self, digest: str, repo: str, how: str) -> None:
+        with self._lock:
+            self._where.setdefault(digest, repo)
+            if how == "present":
+                self.stats.blobs_present += 1
+            elif how == "mounted":
+                self.stats.blobs_mounted += 1
+
+    def _has_blob(self, repo: str, digest: str) -> bool:
+        c = self.client
+        r = with_retries(
+            lambda: c.request(
+                "HEAD",
+                c.url(f"/v2/{repo}/blobs/{digest}"),
+                expect=(200, 404),
+                what=f"check {digest} in {repo}",
+            ),
+            attempts=self.retries,
+            what="HEAD blob",
+        )
+        return r.status_code == 200
+
+    def _upload(self, repo: str, body: _Body, location: str | None) -> None:
+        c = self.client
+        size, d = body.content.size, body.content.digest
+        first = [location]
+
+        def attempt() -> None:
+            loc = first.pop() if first else None
+            if loc is None:
+                r = c.request(
+                    "POST", c.url(f"/v2/{repo}/blobs/uploads/"), expect=(202,), what=f"start upload to {repo}"
+                )
+                loc = _location(r)
+            if size <= self.chunk_size:
+                r = c.request(
+                    "PUT",
+                    _with_digest(loc, d),
+                    expect=(201,),
+                    what=f"upload {d} to {repo}",
+                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                    content=body.chunks(),
+                )
+            else:
+                start = 0
+                while start < size:
+                    end = min(start + self.chunk_size, size)
+                    r = c.request(
+                        "PATCH",
+                        loc,
+                        expect=(202,),
+                        what=f"upload {d} to {repo} (bytes {start}-{end - 1})",
+                        headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Length": str(end - start),
+                            "Content-Range": f"{start}-{end - 1}",
+                        },
+                        content=body.chunks(start, end),
+                    )
+                    loc = _location(r)  # always the newest Location
+                    start = end
+                # the closing PUT carries no data: Harbor records the size from the PATCHes
+                r = c.request(
+                    "PUT",
+                    _with_digest(loc, d),
+                    expect=(201,),
+                    what=f"finish upload of {d} to {repo}",
+                    headers={"Content-Length": "0"},
+                    content=b"",
+                )
+            got = r.headers.get("Docker-Content-Digest")
+            if got and got != d:
+                raise RegistryError(f"upload of {d} to {repo}: the registry stored {got}")
+
+        with_retries(attempt, attempts=self.retries, what=f"upload {d}")
+        with self._lock:
+            self.stats.blobs_uploaded += 1
+            self.stats.bytes_uploaded += size
+
+    # -- manifests and tags --------------------------------------------------------------------------
+    def _put_manifest(self, repo: str, ref: str, manifest: Manifest, raw: bytes) -> None:
+        try:
+            self._put(repo, ref, manifest.media_type, raw, manifest.digest)
+            with self._lock:
+                self.stats.manifests_put += 1
+        except RegistryError as e:
+            self._fail(repo, manifest.digest, _describe(e, repo))
+
+    def _put_tag(self, repo: str, tag: str, digest: str) -> None:
+        assert self._catalog is not None
+        m = self._catalog.manifests[digest]
+        try:
+            self._put(repo, tag, m.media_type, self._raw[digest], digest)
+        except RegistryError as e:
+            with self._lock:
+                self.stats.failed_tags[(repo, tag)] = _describe(e, repo)
+
+    def _put(self, repo: str, ref: str, media_type: str, raw: bytes, digest: str) -> None:
+        c = self.client
+
+        def attempt() -> httpx.Response:
+            return c.request(
+                "PUT",
+                c.url(f"/v2/{repo}/manifests/{ref}"),
+                expect=(201,),
+                what=f"put manifest {repo}:{ref}",
+                headers={"Content-Type": media_type},
+                content=raw,
+            )
+
+        try:
+            r = with_retries(attempt, attempts=self.retries, what=f"manifest {repo}:{ref}")
+        except RegistryError as e:
+            if e.status == 412 and self._tag_is(repo, ref, digest):
+                return  # Harbor immutable tag, already at this digest: done
+            raise
+        got = r.headers.get("Docker-Content-Digest")
+        if got and got != digest:
+            raise RegistryError(f"{repo}:{ref}: the registry answered digest {got}, the bundle has {digest}")
+
+    def _tag_is(self, repo: str, ref: str, digest: str) -> bool:
+        c = self.client
+        try:
+            r = c.request(
+                "HEAD",
+                c.url(f"/v2/{repo}/manifests/{ref}"),
+                expect=(200,),
+                what="check tag",
+                headers={"Accept": "*/*"},
+            )
+        except RegistryError:
+            return False
+        return bool(r.headers.get("Docker-Content-Digest") == digest)
+
+
+def _location(r: httpx.Response) -> str:
+    loc = r.headers.get("Location")
+    if not loc:
+        raise RegistryError(
+            f"{r.request.method} {r.request.url.path}: {r.status_code} without a Location header"
+        )
+    # relative Locations resolve against the request URL (RFC 7231 7.1.2)
+    return str(urllib.parse.urljoin(str(r.request.url), loc))
+
+
+def _with_digest(location: str, digest: str) -> str:
+    return str(httpx.URL(location).copy_merge_params({"digest": digest}))
+
+
+def _describe(e: Exception, repo: str) -> str:
+    if isinstance(e, RegistryError):
+        if e.status == 403:
+            return f"{repo}: refused (403: quota exceeded or no push permission) — {e.message}"
+        if e.status == 413:
+            return f"{repo}: too large for the registry or a proxy in front of it (413) — {e.message}"
+        return e.message
+    return f"{repo}: {e}"
+
+
+__all__ = ["SCHEMA1_REASON", "PushStats", "RegistrySink"]
