@@ -40,6 +40,7 @@ class Registry:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
+    allow_foreign_urls: bool = True
 
     @property
     def host(self) -> str:
@@ -57,9 +58,10 @@ class Registry:
             f"  filesystem: {{rootdirectory: {self.root}}}",
             "  delete: {enabled: true}",
             f"http: {{addr: '127.0.0.1:{self.port}'}}",
-            # foreign (non-distributable) layers are refused unless their URLs are allowed explicitly
-            "validation: {manifests: {urls: {allow: ['^https?://']}}}",
         ]
+        if self.allow_foreign_urls:
+            # foreign (non-distributable) layers are refused unless their URLs are allowed explicitly
+            lines.append("validation: {manifests: {urls: {allow: ['^https?://']}}}")
         if self.schema1:
             lines.append("compatibility: {schema1: {enabled: true}}")
         if self.htpasswd:

@@ -46,6 +46,8 @@ class PushOptions:
     jobs: int = 8
     chunk_size: int = 64 << 20
     retries: int = 5
+    #: first retry delay in seconds, doubled each attempt (Retry-After wins when the server gives one)
+    backoff: float = 0.5
     harbor: bool | None = None  # None: detect
     default_project: str = "library"
     maps: tuple[tuple[str, str], ...] = ()
@@ -272,7 +274,9 @@ def run(
         created: list[str] = []
         if harbor is not None:
             projects = sorted({n.split("/", 1)[0] for n in names.values()})
-            created, missing = ensure_projects(client, projects, opts.credentials, create=not opts.dry_run)
+            created, missing = ensure_projects(
+                client, projects, opts.credentials, create=opts.create_projects and not opts.dry_run
+            )
             if opts.dry_run:
                 created = missing
         if opts.dry_run:
@@ -292,6 +296,7 @@ def run(
             jobs=opts.jobs,
             chunk_size=opts.chunk_size,
             retries=opts.retries,
+            backoff=opts.backoff,
             on_progress=on_progress,
         )
         copy(source, sink, on_progress=no_progress)

@@ -77,6 +77,9 @@ class RegistryAuth(httpx.Auth):
                 request.headers["Authorization"] = self._basic_header()
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if "Authorization" in request.headers:  # the caller chose (Harbor's /api takes basic auth)
+            yield request
+            return
         m = _REPO_RE.match(request.url.path)
         repo = m.group(1) if m else ""
         self._apply(request, repo)
@@ -230,16 +233,22 @@ def error_from(r: httpx.Response, what: str) -> RegistryError:
 
 
 def with_retries(
-    fn: Callable[[], T], *, attempts: int, what: str, sleep: Callable[[float], None] = time.sleep
+    fn: Callable[[], T],
+    *,
+    attempts: int,
+    what: str,
+    backoff: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run ``fn`` until it succeeds, retrying only retryable registry errors, with jittered backoff."""
+    """Run ``fn`` until it succeeds, retrying only retryable registry errors, with jittered exponential
+    backoff from ``backoff`` seconds (capped at 30 s), or the server's Retry-After when it gives one."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except RegistryError as e:
             if not e.retryable or attempt == attempts:
                 raise
-            delay = e.retry_after if e.retry_after is not None else min(30.0, 0.5 * 2 ** (attempt - 1))
+            delay = e.retry_after if e.retry_after is not None else min(30.0, backoff * 2 ** (attempt - 1))
             delay *= 1 + random.random() * 0.25
             log.info("%s: %s; retry %d/%d in %.1fs", what, e.message, attempt, attempts - 1, delay)
             sleep(delay)

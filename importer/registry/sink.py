@@ -113,12 +113,14 @@ class RegistrySink:
         jobs: int = 8,
         chunk_size: int = 64 << 20,
         retries: int = 5,
+        backoff: float = 0.5,
         on_progress: ProgressCallback = no_progress,
     ) -> None:
         self.client = client
         self.names = names
         self.chunk_size = chunk_size
         self.retries = retries
+        self.backoff = backoff
         self.stats = PushStats()
         self._on_progress = on_progress
         self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="ferry-push")
@@ -183,7 +185,8 @@ class RegistrySink:
                 d for d in (*manifest.blobs, *(c.digest for c in manifest.children)) if self._bad(target, d)
             ]
             if missing:
-                self._fail(target, content.digest, f"needs {missing[0]}, which did not land")
+                why = self._reason(target, missing[0])
+                self._fail(target, content.digest, f"needs {missing[0]}, which did not land: {why}")
                 continue
             tags = sorted(
                 t
@@ -280,6 +283,7 @@ class RegistrySink:
                     what=f"mount {d} into {repo}",
                 ),
                 attempts=self.retries,
+                backoff=self.backoff,
                 what="mount",
             )
             if r.status_code == 201:
@@ -309,6 +313,7 @@ class RegistrySink:
                 what=f"check {digest} in {repo}",
             ),
             attempts=self.retries,
+            backoff=self.backoff,
             what="HEAD blob",
         )
         return r.status_code == 200
@@ -365,7 +370,7 @@ class RegistrySink:
             if got and got != d:
                 raise RegistryError(f"upload of {d} to {repo}: the registry stored {got}")
 
-        with_retries(attempt, attempts=self.retries, what=f"upload {d}")
+        with_retries(attempt, attempts=self.retries, backoff=self.backoff, what=f"upload {d}")
         with self._lock:
             self.stats.blobs_uploaded += 1
             self.stats.bytes_uploaded += size
@@ -402,7 +407,9 @@ class RegistrySink:
             )
 
         try:
-            r = with_retries(attempt, attempts=self.retries, what=f"manifest {repo}:{ref}")
+            r = with_retries(
+                attempt, attempts=self.retries, backoff=self.backoff, what=f"manifest {repo}:{ref}"
+            )
         except RegistryError as e:
             if e.status == 412 and self._tag_is(repo, ref, digest):
                 return  # Harbor immutable tag, already at this digest: done

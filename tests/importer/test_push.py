@@ -15,8 +15,10 @@ from bundler.export import run as export
 from importer.push import PushOptions, map_names
 from importer.push import run as push
 from importer.registry.client import Credentials
-from shared.errors import AuthError, RegistryUnreachable, UsageError
+from shared.errors import AuthError, RegistryError, RegistryUnreachable, UsageError
 from shared.storage.reader import Selection
+from tests.support.harbor import HarborStandIn, TokenIssuer
+from tests.support.proxy import FaultPlan
 from tests.support.registry import Registry, skopeo
 from tests.support.zoo import Zoo
 
@@ -160,12 +162,9 @@ def test_wrong_password_unknown_host_and_tls_are_one_line_errors(
 
 def test_a_refused_manifest_fails_that_image_only(bundle: Path, tmp_path: Path) -> None:
     # docker-registry refuses foreign-layer URLs it does not allow: that image fails, the rest lands
-    reg = Registry(tmp_path / "strict", htpasswd=htpasswd(tmp_path / "htpasswd"))
-    reg.extra_config = ""
-    reg.config_text = lambda: Registry.config_text(reg).replace(
-        "validation: {manifests: {urls: {allow: ['^https?://']}}}\n", ""
-    )  # type: ignore[method-assign]
-    with reg:
+    with Registry(
+        tmp_path / "strict", htpasswd=htpasswd(tmp_path / "htpasswd"), allow_foreign_urls=False
+    ) as reg:
         r = push(
             PushOptions(
                 bundle=str(bundle), registry=reg.url, credentials=Credentials(USER, PASSWORD), retries=2
@@ -202,3 +201,158 @@ def test_dry_run_plans_against_the_live_target(bundle: Path, basic_registry: Reg
     assert r.dry_run and int(r.plan["blobsToUpload"]) > 0 and r.plan["blobsPresent"] == 0  # type: ignore[call-overload]
     # nothing was pushed
     assert not (basic_registry.root / "docker/registry/v2/repositories").exists()
+
+
+@pytest.fixture
+def harbor(tmp_path: Path) -> Iterator[HarborStandIn]:
+    """The Harbor stand-in (systeminfo, projects, token service) in front of a real token-auth registry."""
+    issuer = TokenIssuer(tmp_path)
+    stand_in = HarborStandIn(version="v2.10.0", issuer=issuer, faults=FaultPlan())
+    reg = Registry(tmp_path / "harbor-storage")
+    stand_in.upstream = reg.host
+    stand_in.start()
+    reg.extra_config = issuer.registry_config(f"{stand_in.url}/service/token")
+    with reg:
+        yield stand_in
+    stand_in.stop()
+
+
+def test_token_auth_and_harbor_projects(zoo: Zoo, bundle: Path, harbor: HarborStandIn) -> None:
+    creds = Credentials(harbor.username, harbor.password)
+    # Harbor refuses pushes into projects that do not exist: the token grants nothing there
+    r = push(
+        PushOptions(
+            bundle=str(bundle), registry=harbor.url, credentials=creds, create_projects=False, retries=1
+        )
+    )
+    assert r.harbor == "v2.10.0" and r.failed
+    assert all(
+        "401" in i.reason or "UNAUTHORIZED" in i.reason or "denied" in i.reason.lower() for i in r.failed
+    ), r.failed
+    # ferry creates the projects and everything lands (one-level names under library/)
+    r = push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds, jobs=4))
+    assert not r.failed, r.failed
+    assert set(r.projects_created) == {"team", "docker", "charts"}
+    assert {"team", "docker", "charts", "library"} <= harbor.projects
+    assert {
+        c[2]["project_name"] for c in harbor.calls if c[1] == "/api/v2.0/projects" and c[0] == "POST"
+    } >= {"team"}  # type: ignore[index]
+    assert harbor.tokens_issued > 0 and harbor.cookies_seen == []
+    pushed = {i.ref: i.digest for i in r.images if i.status == "pushed"}
+    for repo, tags in expected(zoo).items():
+        target = repo if "/" in repo else f"library/{repo}"
+        for tag, digest in tags.items():
+            assert pushed[f"{target}:{tag}"] == digest
+    # the registry itself serves them, through token auth, with the source digests
+    raw = skopeo(
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        f"{harbor.username}:{harbor.password}",
+        f"docker://127.0.0.1:{harbor.proxy.port}/library/multi:latest",
+    ).stdout
+    import hashlib
+
+    assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == zoo.served["multi"]["latest"]
+
+
+def test_token_expiry_is_refreshed(bundle: Path, harbor: HarborStandIn) -> None:
+    harbor.token_ttl = 31  # ferry refreshes 30 s early: every token is used once, then renewed
+    r = push(
+        PushOptions(
+            bundle=str(bundle), registry=harbor.url, credentials=Credentials(harbor.username, harbor.password)
+        )
+    )
+    assert not r.failed and harbor.tokens_issued > 5
+
+
+def test_account_that_may_not_create_projects_is_told_clearly(bundle: Path, harbor: HarborStandIn) -> None:
+    harbor.allow_create = False
+    with pytest.raises(RegistryError, match="may not create Harbor project"):
+        push(
+            PushOptions(
+                bundle=str(bundle),
+                registry=harbor.url,
+                credentials=Credentials(harbor.username, harbor.password),
+            )
+        )
+
+
+def test_faults_are_retried_and_every_image_arrives_intact(
+    zoo: Zoo, bundle: Path, harbor: HarborStandIn
+) -> None:
+    assert harbor.faults is not None
+    harbor.faults.rate, harbor.faults.budget = 0.12, 40
+    r = push(
+        PushOptions(
+            bundle=str(bundle),
+            registry=harbor.url,
+            credentials=Credentials(harbor.username, harbor.password),
+            chunk_size=4096,
+            retries=10,
+            backoff=0.05,
+        )
+    )
+    kinds = {k for k, _, _ in harbor.faults.injected}
+    assert len(harbor.faults.injected) >= 20 and kinds == {"500", "503", "429", "cut"}
+    assert not r.failed, r.failed
+    pushed = {i.ref: i.digest for i in r.images if i.status == "pushed"}
+    assert pushed["team/app:v1"] == zoo.served["team/app"]["v1"]
+    assert len(pushed) == sum(len(t) for t in expected(zoo).values()) + 1  # + the untagged sbom
+
+
+def test_faults_beyond_the_retry_budget_fail_clearly_and_a_rerun_completes(
+    zoo: Zoo, bundle: Path, harbor: HarborStandIn
+) -> None:
+    assert harbor.faults is not None
+    harbor.faults.rate, harbor.faults.budget, harbor.faults.kinds = 1.0, 25, ("503",)
+    creds = Credentials(harbor.username, harbor.password)
+    first = push(
+        PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds, retries=2, backoff=0.05)
+    )
+    assert first.failed and all("503" in i.reason for i in first.failed)
+    harbor.faults.rate = 0.0
+    second = push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds))
+    assert not second.failed
+    assert second.blobs_present > 0  # what landed the first time was not uploaded again
+
+
+def test_interrupted_push_resumes_without_reuploading(
+    zoo: Zoo, bundle: Path, basic_registry: Registry
+) -> None:
+    env = {**os.environ, "FERRY_REGISTRY_USERNAME": USER, "FERRY_REGISTRY_PASSWORD": PASSWORD}
+    p = subprocess.Popen(
+        ["ferry", "push", str(bundle), "--registry", basic_registry.url, "-q", "-j", "1"], env=env
+    )
+    import time
+
+    deadline = time.monotonic() + 30
+    blobs = basic_registry.root / "docker/registry/v2/blobs"
+    while time.monotonic() < deadline and len(list(blobs.rglob("data"))) < 5:
+        time.sleep(0.02)
+    p.kill()  # killed mid-run, like a lost session
+    p.wait()
+    landed = len(list(blobs.rglob("data")))
+    assert landed >= 5
+    r = push(
+        PushOptions(bundle=str(bundle), registry=basic_registry.url, credentials=Credentials(USER, PASSWORD))
+    )
+    assert not r.failed and r.blobs_present >= 1
+    assert served_with_auth(basic_registry) == expected(zoo)
+
+
+def test_push_from_stdin(zoo: Zoo, bundle: Path, basic_registry: Registry) -> None:
+    env = {**os.environ, "FERRY_REGISTRY_USERNAME": USER, "FERRY_REGISTRY_PASSWORD": PASSWORD}
+    with open(bundle, "rb") as f:
+        p = subprocess.run(
+            ["ferry", "push", "-", "--registry", basic_registry.url, "--json"],
+            stdin=f,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["failed"] == 0 and doc["skipped"] == 1
+    assert served_with_auth(basic_registry) == expected(zoo)

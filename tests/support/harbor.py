@@ -1,14 +1,82 @@
-"""A STAND-IN for Harbor's own REST endpoints (not Harbor): written from Harbor's API docs, it plays only
-the parts ferry calls (systeminfo, projects, the 1.x internal sync calls), records every call, and checks
-basic auth.  Registry traffic never goes here: the registry in the tests is the real docker-registry."""
+"""A STAND-IN for Harbor's own REST endpoints (not Harbor), written from Harbor's API docs.
+
+It plays only what ferry calls: ``/api/systeminfo``, ``/api/projects`` and the 1.x internal sync calls;
+``/api/v2.0/systeminfo`` and ``/api/v2.0/projects``; and the token service ``/service/token``, which like
+Harbor's grants no actions on a repository whose project does not exist.  Everything else (/v2) is
+forwarded to the real docker-registry behind it, which verifies the tokens this stand-in signs.
+"""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
-import threading
+import time
+import urllib.parse
+import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+from .proxy import FaultPlan, Proxy
+
+ISSUER = "ferry-test-issuer"
+SERVICE = "ferry-registry"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenIssuer:
+    """Signs registry tokens (RS256, certificate in x5c) the way Docker Distribution verifies them."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER)])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cert_path = workdir / "token-cert.pem"
+        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def token(self, subject: str, access: list[dict[str, object]], ttl: int) -> str:
+        der = self.cert.public_bytes(serialization.Encoding.DER)
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "sub": subject,
+            "aud": SERVICE,
+            "exp": now + ttl,
+            "nbf": now - 5,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{_b64url(sig)}"
+
+    def registry_config(self, realm: str) -> str:
+        return (
+            f"auth: {{token: {{realm: '{realm}', service: {SERVICE}, issuer: {ISSUER}, "
+            f"rootcertbundle: {self.cert_path}}}}}\n"
+        )
 
 
 @dataclass
@@ -17,63 +85,109 @@ class HarborStandIn:
     username: str = "admin"
     password: str = "Harbor12345"
     projects: set[str] = field(default_factory=lambda: {"library"})
+    allow_create: bool = True
+    token_ttl: int = 300
+    upstream: str | None = None  # host:port of the real registry behind it
+    issuer: TokenIssuer | None = None
+    faults: FaultPlan | None = None
     calls: list[tuple[str, str, object]] = field(default_factory=list)
     cookies_seen: list[str] = field(default_factory=list)
+    tokens_issued: int = 0
 
     def start(self) -> HarborStandIn:
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _reply(self, status: int, body: object = None, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _authorized(self) -> bool:
-                if self.headers.get("Cookie"):
-                    stand_in.cookies_seen.append(self.headers["Cookie"])
-                want = base64.b64encode(f"{stand_in.username}:{stand_in.password}".encode()).decode()
-                return self.headers.get("Authorization") == f"Basic {want}"
-
-            def do_GET(self) -> None:
-                stand_in.calls.append(("GET", self.path, None))
-                if self.path == "/api/systeminfo":
-                    # Harbor sets a session cookie; a client that keeps it is treated as a browser
-                    self._reply(200, {"harbor_version": stand_in.version}, {"Set-Cookie": "sid=abc; Path=/"})
-                else:
-                    self._reply(404, {"errors": [{"code": "NOT_FOUND"}]})
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"null")
-                stand_in.calls.append(("POST", self.path, body))
-                if not self._authorized():
-                    self._reply(401, {"errors": [{"code": "UNAUTHORIZED"}]})
-                elif self.path == "/api/projects":
-                    name = body["project_name"]
-                    if name in stand_in.projects:
-                        self._reply(409, {"errors": [{"code": "CONFLICT", "message": "conflict project"}]})
-                    else:
-                        stand_in.projects.add(name)
-                        self._reply(201, None, {"Location": f"/api/projects/{len(stand_in.projects)}"})
-                elif self.path in ("/api/internal/syncregistry", "/api/internal/syncquota"):
-                    self._reply(200)
-                else:
-                    self._reply(404, {"errors": [{"code": "NOT_FOUND"}]})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.proxy = Proxy(self.upstream, faults=self.faults, route=self._route).start()
+        self.url = self.proxy.url
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.proxy.stop()
+
+    # -- routing ---------------------------------------------------------------------------------
+    def _authorized(self, h: BaseHTTPRequestHandler) -> str | None:
+        if h.headers.get("Cookie"):
+            self.cookies_seen.append(h.headers["Cookie"])
+        auth = h.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+            if (user, pw) == (self.username, self.password):
+                return user
+        return None
+
+    def _reply(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: object = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)
+
+    def _route(self, h: BaseHTTPRequestHandler) -> bool:
+        url = urllib.parse.urlsplit(h.path)
+        path, query = url.path, urllib.parse.parse_qs(url.query)
+        if not (path.startswith("/api/") or path.startswith("/service/")):
+            return False
+        length = int(h.headers.get("Content-Length") or 0)
+        body = json.loads(h.rfile.read(length) or b"null") if length else None
+        self.calls.append((h.command, path, body))
+        user = self._authorized(h)
+        if path in ("/api/systeminfo", "/api/v2.0/systeminfo"):
+            # Harbor sets a session cookie; a client that sends it back is treated as a browser (CSRF)
+            self._reply(h, 200, {"harbor_version": self.version}, {"Set-Cookie": "sid=abc; Path=/"})
+        elif path == "/service/token":
+            self._token(h, user, query)
+        elif path in ("/api/projects", "/api/v2.0/projects") and h.command == "HEAD":
+            self._reply(h, 200 if query.get("project_name", [""])[0] in self.projects else 404)
+        elif path in ("/api/projects", "/api/v2.0/projects") and h.command == "POST":
+            if user is None:
+                self._reply(h, 401, {"errors": [{"code": "UNAUTHORIZED", "message": "unauthorized"}]})
+            elif not self.allow_create:
+                self._reply(
+                    h,
+                    403,
+                    {"errors": [{"code": "FORBIDDEN", "message": "Only system admin can create project"}]},
+                )
+            elif body["project_name"] in self.projects:
+                self._reply(h, 409, {"errors": [{"code": "CONFLICT", "message": "conflict project"}]})
+            else:
+                self.projects.add(body["project_name"])
+                self._reply(h, 201, None, {"Location": f"/api/v2.0/projects/{len(self.projects)}"})
+        elif path in ("/api/internal/syncregistry", "/api/internal/syncquota") and h.command == "POST":
+            self._reply(h, 200 if user else 401)
+        else:
+            self._reply(h, 404, {"errors": [{"code": "NOT_FOUND"}]})
+        return True
+
+    def _token(self, h: BaseHTTPRequestHandler, user: str | None, query: dict[str, list[str]]) -> None:
+        if h.headers.get("Authorization") and user is None:
+            self._reply(h, 401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
+            return
+        assert self.issuer is not None
+        access = []
+        for scope in query.get("scope", []):
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            project = name.split("/", 1)[0]
+            # Harbor's token service: no project, no actions (core/service/token/creator.go)
+            granted = actions.split(",") if user is not None and project in self.projects else []
+            access.append({"type": kind, "name": name, "actions": granted})
+        token = self.issuer.token(user or "anonymous", access, self.token_ttl)
+        self.tokens_issued += 1
+        self._reply(
+            h,
+            200,
+            {
+                "token": token,
+                "access_token": token,
+                "expires_in": self.token_ttl,
+                "issued_at": datetime.datetime.now(datetime.UTC).isoformat(),
+            },
+        )
