@@ -17,6 +17,8 @@ from pathlib import Path
 from bundler.export import ExportOptions
 from bundler.export import run as export
 from importer.inspect import run as inspect
+from importer.push import PushOptions
+from importer.push import run as push
 from importer.restore import RestoreOptions
 from importer.restore import run as restore
 from importer.verify import VerifyOptions
@@ -101,9 +103,25 @@ def run(keep: bool = False) -> None:
             say(
                 f"   a real docker-registry serving {harbor_root} answers all {n} tags with the source digests ✓"
             )
+            with Registry(work / "new-registry") as target:
+                p = push(PushOptions(bundle=str(bundle), registry=target.url, harbor=False))
+                say(f"\n6. ferry push {bundle} --registry {target.url}")
+                say(
+                    f"   {sum(i.status == 'pushed' for i in p.images)} images pushed: {p.blobs_uploaded} blobs "
+                    f"uploaded, {p.blobs_mounted} mounted across repositories, {len(p.failed)} failed"
+                )
+            n = _served_ok(work / "new-registry", catalog)
+            say(f"   the fresh registry serves all {n} tags with the source digests ✓")
+            say(
+                "\n[green]demo complete[/]: export → verify → inspect → restore → push, digests identical end to end."
+            )
         else:
-            say("   (docker-registry is not installed: `make test` installs it; skipping the serve check)")
-        say("\n[green]demo complete[/]: export → verify → inspect → restore, digests identical end to end.")
+            say(
+                "   (docker-registry is not installed: `make test` installs it; skipping the serve and push steps)"
+            )
+            say(
+                "\n[green]demo complete[/]: export → verify → inspect → restore, digests identical end to end."
+            )
     finally:
         if keep:
             say(f"\nkept: {work}")
