@@ -115,7 +115,7 @@ def main() -> None:
     results: dict[str, object] = {"machine": {"cores": os.cpu_count(), "runs": RUNS}}
     trees = TREES
     only = os.environ.get("FERRY_BENCH_ONLY")
-    for name in trees:
+    for name in ("tags-5000", "bulk"):
         if only and name not in only.split(","):
             continue
         root = OUT / f"{name}-tree"
@@ -129,6 +129,21 @@ def main() -> None:
         facts = json.loads(stamp.read_text())
         print(f"benchmarking {name}: {facts}", file=sys.stderr)
         bench_tree(name, root, facts, results)
+    if not only or "push" in only.split(","):
+        from bench import push
+
+        small = OUT / "push-200-tree"
+        if not (small / ".facts.json").exists():
+            rm(small)
+            subprocess.run([sys.executable, "-m", "bench.trees", "push-200", str(small)], check=True)
+        for label, tree in (("push-200", small), ("push-5000", OUT / "tags-5000-tree")):
+            if label == "push-5000" and os.environ.get("FERRY_BENCH_PUSH_5000", "1") == "0":
+                continue
+            print(
+                f"benchmarking {label} (seed scheme, floor, ferry; each into a fresh registry) ...",
+                file=sys.stderr,
+            )
+            results[label] = push.run(tree, OUT / f"{label}-work")
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     report(results)
 
@@ -140,7 +155,7 @@ def report(results: dict[str, object]) -> None:
         f"{'verify':>8} {'openssl':>8} {'speedup':>8}"
     )
     for name, r in results.items():
-        if name == "machine":
+        if name == "machine" or name.startswith("push-"):
             continue
         assert isinstance(r, dict)
         print(
@@ -155,6 +170,19 @@ def report(results: dict[str, object]) -> None:
         )
         if name == "tags-5000":
             goals.append((f"{name}: export peak memory < 200 MiB", r["export_peak_MiB"] < 200))
+    for name, r in results.items():
+        if not name.startswith("push-"):
+            continue
+        assert isinstance(r, dict)
+        print(
+            f"\n{name}: {r['images']} images — seed scheme {r['seed_s']}s, floor {r['floor_s']}s, "
+            f"ferry export {r['ferry_export_s']}s + push {r['ferry_push_s']}s; push/floor {r['push_vs_floor']}, "
+            f"end-to-end/seed {r['end_to_end_vs_seed']}; ferry push CPU {r['ferry_push_cpu_s_per_1000']}s per 1000 images"
+        )
+        goals.append((f"{name}: ferry push within 1.25x of the floor", r["push_vs_floor"] <= 1.25))
+        goals.append(
+            (f"{name}: export + push at most 0.35x the seed scheme", r["end_to_end_vs_seed"] <= 0.35)
+        )
     print()
     for text, ok in goals:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")

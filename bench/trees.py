@@ -113,7 +113,11 @@ def bulk_tree(
     return {"tags": repos, "repositories": repos, "blobs": len(w.written), "bytes": w.bytes}
 
 
-TREES = {"tags-5000": tags_tree, "bulk": bulk_tree}
+def push_200_tree(root: Path) -> dict[str, int]:
+    return tags_tree(root, repos=10, tags=20, seed=3)
+
+
+TREES = {"tags-5000": tags_tree, "bulk": bulk_tree, "push-200": push_200_tree}
 
 if __name__ == "__main__":
     import sys

@@ -74,15 +74,16 @@ class Registry:
         cfg = self._cfg_dir / "config.yml"
         cfg.write_text(self.config_text())
         self.config_path = cfg
-        self.proc = subprocess.Popen(
-            [REGISTRY_BIN, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        # the log goes to a file: a pipe nobody reads fills up (every 404 is logged) and blocks the registry
+        self.log_path = self._cfg_dir / "registry.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [REGISTRY_BIN, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=log
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"docker-registry exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}"
-                )
+                raise RuntimeError(f"docker-registry exited: {self.log_path.read_text()[-2000:]}")
             try:
                 urllib.request.urlopen(f"{self.url}/v2/", timeout=1)
                 return self
