@@ -125,10 +125,17 @@ def ferry(tree: Path, work: Path, reg: Registry) -> tuple[float, float, float]:
     return t1 - t0, t2 - t1, ru.ru_utime + ru.ru_stime
 
 
-def check(reg: Registry, images: list[tuple[str, str, str]]) -> None:
-    for repo, tag, d in images[:: max(1, len(images) // 50)]:
+def check(reg: Registry, images: list[tuple[str, str, str]], *, digests: bool = True) -> int:
+    """Every tag is served; returns how many sampled tags changed digest (must be 0 unless ``digests``)."""
+    changed = 0
+    sample = images[:: max(1, len(images) // 50)]
+    for repo, tag, d in sample:
         status, got, _ = reg.manifest(repo, tag)
-        assert status == 200 and got == d, (repo, tag, status, got, d)
+        assert status == 200, (repo, tag, status)
+        if got != d:
+            assert not digests, (repo, tag, got, d)
+            changed += 1
+    return changed
 
 
 def run(tree: Path, work: Path) -> dict[str, float]:
@@ -139,7 +146,8 @@ def run(tree: Path, work: Path) -> dict[str, float]:
     result: dict[str, float] = {"images": len(images)}
     with Registry(work / "reg-seed") as reg:
         result["seed_s"] = round(seed(v2, work, reg), 2)
-        check(reg, images)
+        # skopeo re-serializes manifests it reads from dir: — digests change; ferry's never do
+        result["seed_digests_changed_of_50"] = check(reg, images, digests=False)
     with Registry(work / "reg-floor") as reg:
         result["floor_s"] = round(floor(v2, reg), 2)
         check(reg, images)

@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.trees import TREES
-
 OUT = Path(__file__).resolve().parent / "out"
 RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "3"))
 
@@ -113,7 +111,6 @@ def bench_tree(name: str, root: Path, facts: dict[str, int], results: dict[str, 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     results: dict[str, object] = {"machine": {"cores": os.cpu_count(), "runs": RUNS}}
-    trees = TREES
     only = os.environ.get("FERRY_BENCH_ONLY")
     for name in ("tags-5000", "bulk"):
         if only and name not in only.split(","):

@@ -28,7 +28,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -108,6 +108,32 @@ class StorageTreeSink:
     def _tmp_name(self, path: str) -> str:
         return f"{os.path.dirname(path)}/.ferry-{os.path.basename(path)}-{threading.get_ident()}-{os.getpid()}.tmp"
 
+    @contextlib.contextmanager
+    def _atomic(self, path: str) -> Iterator[int]:
+        """A descriptor on a temp file beside ``path``; renamed over ``path`` (owned as asked) when the block
+        ends normally, removed when it raises, so no reader ever sees a partial file."""
+        self._dirs(path)
+        tmp = self._tmp_name(path)
+        with self._lock:
+            self._tmp.add(tmp)
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                yield fd
+                self._chown(tmp, fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as e:
+            _unlink(tmp)
+            raise _os_error(e, path) from None
+        except BaseException:
+            _unlink(tmp)
+            raise
+        finally:
+            with self._lock:
+                self._tmp.discard(tmp)
+
     def _write_small(self, path: str, data: bytes) -> bool:
         """Write a link file atomically unless it already holds ``data``; True when written."""
         try:
@@ -116,19 +142,8 @@ class StorageTreeSink:
                     return False
         except (FileNotFoundError, NotADirectoryError):
             pass
-        self._dirs(path)
-        tmp = self._tmp_name(path)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, data)
-                self._chown(tmp, fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as e:
-            _unlink(tmp)
-            raise _os_error(e, path) from None
+        with self._atomic(path) as fd:
+            os.write(fd, data)
         with self._lock:
             self.stats.links_written += 1
         return True
@@ -145,32 +160,13 @@ class StorageTreeSink:
 
     def _write_data(self, content: BlobContent) -> None:
         path = self.layout.path(BlobData(Digest.parse(content.digest)))
-        self._dirs(path)
-        tmp = self._tmp_name(path)
-        with self._lock:
-            self._tmp.add(tmp)
-        try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                if content.extents and content.stream is None:
-                    actual, n = self._kernel_copy_then_hash(content, fd)
-                else:
-                    actual, n = self._stream_copy(content, fd)
-                if n != content.size or actual != content.digest:
-                    raise DigestMismatch(content.digest, actual, n, where="the bundle")
-                self._chown(tmp, fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as e:
-            _unlink(tmp)
-            raise _os_error(e, path) from None
-        except BaseException:
-            _unlink(tmp)
-            raise
-        finally:
-            with self._lock:
-                self._tmp.discard(tmp)
+        with self._atomic(path) as fd:
+            if content.extents and content.stream is None:
+                actual, n = self._kernel_copy_then_hash(content, fd)
+            else:
+                actual, n = self._stream_copy(content, fd)
+            if n != content.size or actual != content.digest:
+                raise DigestMismatch(content.digest, actual, n, where="the bundle")
         with self._lock:
             self.stats.blobs_written += 1
             self.stats.bytes_written += content.size
