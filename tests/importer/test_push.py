@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bundler.export import ExportOptions
@@ -50,12 +51,7 @@ def served_with_auth(reg: Registry) -> dict[str, dict[str, str]]:
     """Tags and digests as the target serves them, read with skopeo (independent of ferry)."""
     out: dict[str, dict[str, str]] = {}
     creds = f"{USER}:{PASSWORD}"
-    repos = subprocess.run(
-        ["curl", "-s", "-u", creds, f"{reg.url}/v2/_catalog?n=1000"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    repos = httpx.get(f"{reg.url}/v2/_catalog?n=1000", auth=(USER, PASSWORD)).text
     for repo in json.loads(repos)["repositories"]:
         tags = json.loads(
             skopeo("list-tags", "--tls-verify=false", "--creds", creds, f"docker://{reg.host}/{repo}").stdout
