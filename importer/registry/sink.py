@@ -10,6 +10,10 @@ Manifests are sent as the exact bytes of the bundle with ``Content-Type`` equal 
 digest the registry answers must equal the bundle's.  Children go before their index, a manifest only after
 its blobs, tags last.  A tagged image is PUT by tag (one request, not digest then tag); everything else by
 digest.  Outcomes are kept per (repository, digest), so one refused image does not stop the others.
+
+Who verifies (the contract of :mod:`shared.store`): blob bytes are checked by the registry itself, which
+hashes every upload and refuses a mismatch on the closing PUT (``DIGEST_INVALID``); manifest bytes are hashed
+here before they are sent, and the digest the registry answers is compared with the bundle's.
 """
 
 from __future__ import annotations
