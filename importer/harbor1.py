@@ -13,17 +13,17 @@ Harbor 1.x keeps three views of the registry, and each must learn about restored
 
 from __future__ import annotations
 
-import http.cookiejar
 import logging
 import os
 import re
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from shared.errors import FerryError
+
+from .registry.client import NoCookies
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +154,6 @@ def _check(r: httpx.Response, what: str) -> None:
             hint="Give an admin account: --harbor-user and the password on stdin or in FERRY_HARBOR_PASSWORD.",
         )
     raise HarborError(f"Harbor answered {what} with {r.status_code}: {r.text[:200]}")
-
-
-class NoCookies(http.cookiejar.DefaultCookiePolicy):
-    """Accept no cookie, send no cookie."""
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
-        return False
 
 
 def next_steps(root: str, projects: list[str], *, redis_done: bool) -> list[str]:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import http.cookiejar
 import json
 import logging
 import random
@@ -21,6 +22,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -29,13 +31,21 @@ import httpx
 
 from shared.errors import AuthError, Diagnostic, RegistryError, RegistryUnreachable
 
-from ..harbor1 import NoCookies
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ERROR_BODY_MAX = 64 << 10
 _REPO_RE = re.compile(r"^/v2/(.+?)/(blobs|manifests|tags)/")
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+class NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Accept no cookie, send no cookie."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return False
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,11 @@ class RegistrySink:
                 if m.media_type not in SCHEMA1_TYPES:
                     self._needed.update((repo.name, b) for b in m.blobs)
         self._total_bytes = sum(b.size for b in catalog.blobs.values())
+        # (repository, digest) -> its tags, looked up once per manifest instead of scanning every repository
+        self._tags_of: dict[tuple[str, str], list[str]] = {}
+        for repo in catalog.repositories:
+            for tag, d in sorted(repo.tags.items()):
+                self._tags_of.setdefault((repo.name, d), []).append(tag)
 
     def put_blob(self, repos: Sequence[str], content: BlobContent) -> None:
         body = _Body(content)
@@ -192,13 +197,7 @@ class RegistrySink:
                 why = self._reason(target, missing[0])
                 self._fail(target, content.digest, f"needs {missing[0]}, which did not land: {why}")
                 continue
-            tags = sorted(
-                t
-                for r in self._catalog.repositories
-                if r.name == repo
-                for t, d in r.tags.items()
-                if d == content.digest
-            )
+            tags = self._tags_of.get((repo, content.digest), [])
             ref = tags[0] if tags else content.digest
             if tags:
                 self._tagged_by_put.add((target, tags[0]))
