@@ -24,7 +24,7 @@ from .digest import CHUNK
 class RangeHashes:
     size: int  # bytes actually read: fewer than asked when the file is short
     digest: str | None  # None when no content digest was asked for
-    xxh3: str
+    xxh3: str | None  # None when not asked for
 
 
 #: (path or a read-only mapping, offset, size).  A path is read with pread (a file that shrinks meanwhile
@@ -43,6 +43,8 @@ class HashJob:
     size: int
     #: content digest algorithm ("sha256"), or None for xxh3 only
     algorithm: str | None
+    #: also compute xxh3 (the bundle checksum); a verifier checking sha256 against the name can skip it
+    xxh3: bool = True
 
 
 #: called on a worker thread, under the pool's lock: (job, hashes or the OSError that stopped reading)
@@ -102,7 +104,7 @@ class HashPool:
 
 def _hash(job: HashJob, view: memoryview) -> RangeHashes:
     h: Any = hashlib.new(job.algorithm) if job.algorithm else None
-    x = xxhash.xxh3_128()
+    x: Any = xxhash.xxh3_128() if job.xxh3 or h is None else None
     done = 0
     for where, offset, size in job.pieces:
         if isinstance(where, memoryview):
@@ -119,14 +121,19 @@ def _hash(job: HashJob, view: memoryview) -> RangeHashes:
                 part = view[:n]
                 if h is not None:
                     h.update(part)
-                x.update(part)
+                if x is not None:
+                    x.update(part)
                 got += n
         finally:
             os.close(fd)
         done += got
         if got < size:
             break
-    return RangeHashes(done, f"{job.algorithm}:{h.hexdigest()}" if h is not None else None, x.hexdigest())
+    return RangeHashes(
+        done,
+        f"{job.algorithm}:{h.hexdigest()}" if h is not None else None,
+        x.hexdigest() if x is not None else None,
+    )
 
 
 def _hash_mapped(view: memoryview, offset: int, size: int, h: Any, x: Any) -> None:
@@ -135,7 +142,8 @@ def _hash_mapped(view: memoryview, offset: int, size: int, h: Any, x: Any) -> No
         with view[i : min(i + MAP_STEP, offset + size)] as part:
             if h is not None:
                 h.update(part)
-            x.update(part)
+            if x is not None:
+                x.update(part)
 
 
 __all__ = ["HashJob", "HashPool", "Piece", "RangeHashes", "ResultCallback"]

@@ -283,6 +283,7 @@ class _Hasher:
                 self.bad[d] = f"blob data is truncated ({h.size} of {job.size} bytes readable)"
             elif h.digest != d:
                 self.bad[d] = f"blob bytes hash to {h.digest}"
+            assert h.xxh3 is not None  # asked for: the bundle trailer needs it
             self.xxh3[d] = h.xxh3
         self.done += job.size
         self._on_progress(Progress("verify source", self.done, self.total, files=len(self.xxh3)))
