@@ -74,9 +74,14 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
     started = time.monotonic()
     fs = open_tree(opts.root)
     log.info("scanning %s", fs.description)
-    result = scan(
-        fs, ScanOptions(selection=opts.selection, skip_broken=opts.skip_broken, jobs=opts.jobs), on_progress
-    )
+    try:
+        result = scan(
+            fs,
+            ScanOptions(selection=opts.selection, skip_broken=opts.skip_broken, jobs=opts.jobs),
+            on_progress,
+        )
+    finally:
+        fs.close()  # the write phase copies by extent and needs no open view
     catalog = result.catalog
     sel = opts.selection
     info = BundleInfo(

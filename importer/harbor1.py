@@ -14,7 +14,6 @@ Harbor 1.x keeps three views of the registry, and each must learn about restored
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,11 @@ import httpx
 
 from shared.errors import FerryError
 
-from .registry.client import NoCookies
+from .registry.client import NoCookies, redact
 
 log = logging.getLogger(__name__)
 
-#: Harbor's project-name rule (src/pkg/project/manager.go)
+#: Harbor's project-name rule, the same in 1.x and 2.x (src/pkg/project/manager.go)
 PROJECT_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 REGISTRY_CACHE_PATTERNS = ("blobs::*", "repository::*", "upload:*:size")
 HARBOR_REGISTRY_DB = 1
@@ -59,7 +58,7 @@ def flush_registry_cache(url: str) -> int:
             if batch:
                 deleted += int(client.delete(*batch))
     except redis.RedisError as e:
-        raise RedisError(f"redis at {_redact(url)}: {e}") from None
+        raise RedisError(f"redis at {redact(url)}: {e}") from None
     finally:
         client.close()
     log.info("deleted %d registry cache keys from redis DB %d", deleted, HARBOR_REGISTRY_DB)
@@ -180,14 +179,6 @@ def next_steps(root: str, projects: list[str], *, redis_done: bool) -> list[str]
         f"(or run ferry restore again with --harbor-url https://<harbor>; it skips what is already in {root})"
     )
     return steps
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)
-
-
-def password_from_env() -> str | None:
-    return os.environ.get("FERRY_HARBOR_PASSWORD")
 
 
 __all__ = [

@@ -13,7 +13,6 @@ import base64
 import json
 import logging
 import os
-import re
 import resource
 import time
 from dataclasses import dataclass, field
@@ -27,13 +26,11 @@ from shared.progress import ProgressCallback, no_progress
 from shared.storage.paths import valid_repository
 from shared.transfer import copy
 
+from .harbor1 import PROJECT_RE
 from .registry.client import ClientConfig, Credentials, RegistryClient, with_retries
 from .registry.sink import RegistrySink
 
 log = logging.getLogger(__name__)
-
-#: Harbor's project-name rule (src/pkg/project/manager.go)
-HARBOR_PROJECT_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,7 +136,7 @@ def map_names(
         if harbor and "/" not in name:
             name = f"{default_project}/{name}"
         project = name.split("/", 1)[0]
-        if not valid_repository(name) or (harbor and not HARBOR_PROJECT_RE.fullmatch(project)):
+        if not valid_repository(name) or (harbor and not PROJECT_RE.fullmatch(project)):
             bad.append(f"{repo} → {name}")
         out[repo] = name
     if bad:
@@ -167,11 +164,7 @@ def ensure_projects(
     client: RegistryClient, projects: list[str], creds: Credentials | None, *, create: bool
 ) -> tuple[list[str], list[str]]:
     """(created, missing-but-not-created). Harbor's API takes basic auth; no cookies are kept."""
-    headers = {}
-    if creds is not None:
-        headers["Authorization"] = (
-            "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
-        )
+    headers = {"Authorization": creds.basic_header()} if creds is not None else {}
     created, missing = [], []
     for p in projects:
         r = with_retries(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import xxhash
 
@@ -44,9 +43,6 @@ class Digest:
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
-
-    def hasher(self) -> Any:
-        return hashlib.new(self.algorithm)
 
 
 def sha256_of(data: bytes) -> str:

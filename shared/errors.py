@@ -108,15 +108,6 @@ class DigestMismatch(FerryError):
         super().__init__(f"content of {expected}{at} hashes to {actual} ({size} bytes)")
 
 
-class BlobNotFound(FerryError, FileNotFoundError):
-    code = "blob-not-found"
-
-    def __init__(self, digest: str, *, where: str = "") -> None:
-        self.digest = digest
-        at = f" in {where}" if where else ""
-        super().__init__(f"blob {digest} not found{at}")
-
-
 class BundleFormatError(FerryError):
     """The file is not a ferry bundle, or its structure is damaged (truncated, foreign, wrong order)."""
 
@@ -154,13 +145,6 @@ class BundleDamaged(FerryError):
         d = super().to_dict()
         d["problems"] = list(self.problems)
         return d
-
-
-class UnsafeBundle(FerryError):
-    """A name or digest in a bundle would escape the target or is not valid; nothing was written."""
-
-    code = "unsafe-bundle"
-    default_hint = "Do not import this bundle; re-export it from the source registry."
 
 
 @dataclass(frozen=True)
@@ -230,7 +214,6 @@ class RegistryUnreachable(RegistryError):
 __all__ = [
     "RETRYABLE_STATUS",
     "AuthError",
-    "BlobNotFound",
     "BrokenImage",
     "BrokenImages",
     "BundleDamaged",
@@ -245,6 +228,5 @@ __all__ = [
     "RegistryError",
     "RegistryUnreachable",
     "SourceNotFound",
-    "UnsafeBundle",
     "UsageError",
 ]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, cast, runtime_checkable
+from typing import BinaryIO, Protocol, cast
 
 from .model import Catalog, Manifest
 from .storage.fs import Extent, ExtentsReader
@@ -83,11 +83,4 @@ class ImageSink(Protocol):
     def abort(self) -> None: ...
 
 
-@runtime_checkable
-class BlobMounter(Protocol):
-    """Optional: a sink that can link a blob it already holds into another repository without its bytes."""
-
-    def mount_blob(self, src_repo: str, dst_repo: str, digest: str) -> bool: ...
-
-
-__all__ = ["BlobContent", "BlobMounter", "ImageSink", "ImageSource", "SinkResult"]
+__all__ = ["BlobContent", "ImageSink", "ImageSource", "SinkResult"]

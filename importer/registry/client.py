@@ -53,6 +53,10 @@ class Credentials:
     username: str
     password: str = field(repr=False)
 
+    def basic_header(self) -> str:
+        """The ``Authorization`` value for HTTP basic auth."""
+        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
 
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig:
@@ -75,8 +79,7 @@ class RegistryAuth(httpx.Auth):
 
     def _basic_header(self) -> str:
         assert self.credentials is not None
-        raw = f"{self.credentials.username}:{self.credentials.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
+        return self.credentials.basic_header()
 
     def _apply(self, request: httpx.Request, repo: str) -> None:
         with self._lock:

@@ -93,6 +93,10 @@ class TreeFS(Protocol):
         """Where a regular file's bytes are, or None when it is missing."""
         ...
 
+    def close(self) -> None:
+        """Release what the view holds open."""
+        ...
+
 
 class DirFS:
     def __init__(self, v2: Path) -> None:
@@ -137,6 +141,9 @@ class DirFS:
             return None
         return Extent(p, 0, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
+    def close(self) -> None:
+        return None
+
 
 class TarFS:
     """A tar of a storage tree, indexed once by reading its headers (data is skipped with seeks)."""
@@ -171,6 +178,11 @@ class TarFS:
             raise NotAStorageTree(f"{tar_path}: not a readable tar ({e})") from None
         if prefix is None:
             raise NotAStorageTree(f"{tar_path}: the tar holds no docker/registry/v2 storage tree")
+        # one descriptor for every read: a walk reads tens of thousands of link files out of the tar
+        self._fd = os.open(tar_path, os.O_RDONLY)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
     def _add(self, rel: str, is_dir: bool) -> None:
         parent, _, name = rel.rpartition("/")
@@ -195,8 +207,7 @@ class TarFS:
         e = self.extent(path)
         if e is None:
             return None
-        with open(self.tar_path, "rb") as f:
-            return os.pread(f.fileno(), min(limit, e.size), e.offset), e
+        return os.pread(self._fd, min(limit, e.size), e.offset), e
 
     def extent(self, path: str) -> Extent | None:
         loc = self._files.get(path)

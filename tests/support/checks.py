@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import tarfile
 from pathlib import Path
 
 from importer.verify import VerifyOptions
@@ -55,11 +54,6 @@ def validate_bundle(path: Path) -> Catalog:
 
 def tags_of(catalog: Catalog) -> dict[str, dict[str, str]]:
     return {r.name: dict(r.tags) for r in catalog.repositories if r.tags}
-
-
-def tar_member_names(path: Path) -> list[str]:
-    with tarfile.open(path) as tf:
-        return tf.getnames()
 
 
 def assert_tree_consistent(root: Path, catalog: Catalog) -> None:
