@@ -511,6 +511,13 @@ def push(
             "--dry-run", help="Print the plan against the live target; upload nothing, create nothing."
         ),
     ] = False,
+    convert_schema1: Annotated[
+        bool,
+        typer.Option(
+            "--convert-schema1",
+            help="Push schema 1 images converted to schema 2 (new digests, printed old → new) instead of skipping them.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -542,6 +549,7 @@ def push(
             default_project=default_project,
             maps=parse_map(map_),
             dry_run=dry_run,
+            convert_schema1=convert_schema1,
         )
         with render.progress(not quiet and not as_json) as on_progress:
             result = run_push(opts, stdin=sys.stdin.buffer, on_progress=on_progress)
@@ -562,6 +570,10 @@ def push(
             if i.status != "pushed":
                 colour = "red" if i.status == "failed" else "yellow"
                 render.err.print(f"[{colour}]{i.status}[/] {i.ref}: {i.reason}", soft_wrap=True)
+            elif i.pushed_digest:
+                render.err.print(
+                    f"[cyan]converted[/] {i.ref}: {i.digest} → {i.pushed_digest}", soft_wrap=True
+                )
         d = r.to_dict()
         render.err.print(
             f"[{'green' if not r.failed else 'red'}]pushed[/] {d['pushed']} images, {d['skipped']} skipped, "

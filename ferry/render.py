@@ -80,7 +80,7 @@ def progress(enabled: bool) -> Iterator[ProgressCallback]:
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
-        TextColumn("{task.fields[files]} files"),
+        TextColumn("{task.fields[count]}"),
         TimeRemainingColumn(),
         console=err,
         transient=False,
@@ -92,8 +92,9 @@ def progress(enabled: bool) -> Iterator[ProgressCallback]:
             return
         tid = tasks.get(ev.phase)
         if tid is None:
-            tid = tasks[ev.phase] = bars.add_task(ev.phase, total=ev.total or None, files=0)
-        bars.update(tid, completed=ev.done, total=ev.total or None, files=ev.files)
+            tid = tasks[ev.phase] = bars.add_task(ev.phase, total=ev.total or None, count="")
+        count = f"{ev.files}/{ev.files_total}" if ev.files_total else str(ev.files)
+        bars.update(tid, completed=ev.done, total=ev.total or None, count=f"{count} {ev.items}")
 
     with bars:
         yield on

@@ -50,6 +50,8 @@ class PushOptions:
     maps: tuple[tuple[str, str], ...] = ()
     create_projects: bool = True
     dry_run: bool = False
+    #: push schema 1 manifests converted to schema 2 (new digests) instead of skipping them
+    convert_schema1: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class ImageOutcome:
     digest: str
     status: str  # pushed | skipped | failed
     reason: str = ""
+    #: set when the target got another manifest than the bundle's (schema 1 converted to schema 2)
+    pushed_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,17 @@ class PushResult:
             "harbor": self.harbor,
             "dryRun": self.dry_run,
             "projectsCreated": list(self.projects_created),
-            "images": [vars(i) for i in self.images],
+            "images": [
+                {
+                    "ref": i.ref,
+                    "source": i.source,
+                    "digest": i.digest,
+                    "status": i.status,
+                    "reason": i.reason,
+                    "pushedDigest": i.pushed_digest or i.digest,
+                }
+                for i in self.images
+            ],
             "pushed": sum(i.status == "pushed" for i in self.images),
             "skipped": sum(i.status == "skipped" for i in self.images),
             "failed": len(self.failed),
@@ -228,7 +242,10 @@ def outcomes(catalog: Catalog, names: dict[str, str], sink: RegistrySink | None)
                 break
         if status == "pushed" and image.tag is not None and (target, image.tag) in s.failed_tags:
             status, reason = "failed", s.failed_tags[(target, image.tag)]
-        result.append(ImageOutcome(ref, image.ref, image.digest, status, reason))
+        new = s.converted.get((target, image.digest))
+        if new is not None and status == "pushed":
+            reason = f"schema 1 converted to schema 2: {image.digest} → {new}"
+        result.append(ImageOutcome(ref, image.ref, image.digest, status, reason, new))
     return result
 
 
@@ -290,6 +307,7 @@ def run(
             chunk_size=opts.chunk_size,
             retries=opts.retries,
             backoff=opts.backoff,
+            convert_schema1=opts.convert_schema1,
             on_progress=on_progress,
         )
         copy(source, sink, on_progress=no_progress)

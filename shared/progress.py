@@ -8,13 +8,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Progress:
-    """``phase`` started or advanced: ``done`` of ``total`` units (bytes where ``unit == "B"``)."""
+    """``phase`` started or advanced: ``done`` of ``total`` units (bytes where ``unit == "B"``), and a count of
+    the items those bytes belong to: ``files`` of ``files_total`` (0: unknown) ``items`` (files, images)."""
 
     phase: str
     done: int
     total: int
     unit: str = "B"
     files: int = 0
+    files_total: int = 0
+    items: str = "files"
 
 
 ProgressCallback = Callable[[Progress], None]

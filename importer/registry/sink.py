@@ -19,6 +19,7 @@ here before they are sent, and the digest the registry answers is compared with 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import shutil
 import tempfile
@@ -33,19 +34,20 @@ import httpx
 
 from shared.digest import CHUNK
 from shared.errors import RegistryError
-from shared.manifest import SCHEMA1_TYPES
+from shared.manifest import MANIFEST_TYPES, SCHEMA1_TYPES, ManifestError, MediaType
 from shared.model import Catalog, Manifest
 from shared.progress import Progress, ProgressCallback, no_progress
 from shared.storage.fs import Extent, ExtentsReader
 from shared.store import BlobContent, SinkResult
 
+from .. import schema1
 from .client import RegistryClient, with_retries
 
 log = logging.getLogger(__name__)
 
 SCHEMA1_REASON = (
     "schema 1 manifest: the bundle holds it as stored (unsigned) and registries only accept it signed; "
-    "skipped (convert it at the source, e.g. `skopeo copy --format v2s2`)"
+    "skipped (push again with --convert-schema1 to send it as schema 2 under a new digest)"
 )
 
 
@@ -61,6 +63,8 @@ class PushStats:
     skipped: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (target repository, tag) -> why the tag was not set
     failed_tags: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (target repository, schema 1 digest) -> the digest of the schema 2 manifest pushed instead
+    converted: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 class _Body:
@@ -118,9 +122,11 @@ class RegistrySink:
         chunk_size: int = 64 << 20,
         retries: int = 5,
         backoff: float = 0.5,
+        convert_schema1: bool = False,
         on_progress: ProgressCallback = no_progress,
     ) -> None:
         self.client = client
+        self.convert_schema1 = convert_schema1
         self.names = names
         self.chunk_size = chunk_size
         self.retries = retries
@@ -135,9 +141,14 @@ class RegistrySink:
         self._where: dict[str, str] = {}  # digest -> a target repository known to hold it
         self._tagged_by_put: set[tuple[str, str]] = set()
         self._raw: dict[str, bytes] = {}  # manifest bytes, for tags set after the manifest
+        self._converted: dict[str, schema1.Converted] = {}  # schema 1 digest -> what is pushed instead
+        self._diff_ids: dict[str, str] = {}  # layer digest -> uncompressed sha256, for schema 1 conversion
+        self._diff_wanted: set[str] = set()
         self._catalog: Catalog | None = None
         self._done_bytes = 0
         self._total_bytes = 0
+        self._images_done = 0
+        self._images_total = 0
 
     # -- protocol ----------------------------------------------------------------------------------
     def begin(self, catalog: Catalog) -> None:
@@ -147,9 +158,13 @@ class RegistrySink:
         for repo in catalog.repositories:
             for d in repo.manifests:
                 m = catalog.manifests[d]
-                if m.media_type not in SCHEMA1_TYPES:
+                if m.media_type not in SCHEMA1_TYPES or self.convert_schema1:
                     self._needed.update((repo.name, b) for b in m.blobs)
+                if m.media_type in SCHEMA1_TYPES and self.convert_schema1:
+                    self._diff_wanted.update(m.blobs)
         self._total_bytes = sum(b.size for b in catalog.blobs.values())
+        self._images_total = sum(1 for _ in catalog.images())
+        self._untagged = {(self.names[r.name], d) for r in catalog.repositories for d in r.untagged}
         # (repository, digest) -> its tags, looked up once per manifest instead of scanning every repository
         self._tags_of: dict[tuple[str, str], list[str]] = {}
         for repo in catalog.repositories:
@@ -182,8 +197,9 @@ class RegistrySink:
         for repo in repos:
             target = self.names[repo]
             key = (target, content.digest)
-            if manifest.media_type in SCHEMA1_TYPES:
+            if manifest.media_type in SCHEMA1_TYPES and not self.convert_schema1:
                 self.stats.skipped[key] = SCHEMA1_REASON
+                self._advance(images=key in self._untagged)
                 continue
             children = [(target, c.digest) for c in manifest.children]
             for child in children:
@@ -196,25 +212,37 @@ class RegistrySink:
             if missing:
                 why = self._reason(target, missing[0])
                 self._fail(target, content.digest, f"needs {missing[0]}, which did not land: {why}")
+                self._advance(images=key in self._untagged)
                 continue
             tags = self._tags_of.get((repo, content.digest), [])
-            ref = tags[0] if tags else content.digest
+            if manifest.media_type in SCHEMA1_TYPES:
+                try:
+                    converted = self._convert(content.digest, raw)
+                except ManifestError as e:
+                    self._fail(target, content.digest, str(e))
+                    self._advance(images=key in self._untagged)
+                    continue
+            else:
+                converted = None
+            ref = tags[0] if tags else (converted.digest if converted else content.digest)
             if tags:
                 self._tagged_by_put.add((target, tags[0]))
-            self._manifest_jobs[key] = self._pool.submit(self._put_manifest, target, ref, manifest, raw)
+            self._manifest_jobs[key] = self._pool.submit(
+                self._put_manifest, target, ref, manifest, raw, converted
+            )
 
     def tag(self, repo: str, tag: str, digest: str) -> None:
         target = self.names[repo]
-        if (target, tag) in self._tagged_by_put:
-            return
         job = self._manifest_jobs.get((target, digest))
         if job is None:
             self.stats.failed_tags[(target, tag)] = (
                 self._reason(target, digest) or "its manifest was not pushed"
             )
+            self._advance(images=1)
             return
         job.result()
-        if self._bad(target, digest):
+        if (target, tag) in self._tagged_by_put or self._bad(target, digest):
+            self._advance(images=1)  # set by the manifest's own PUT, or failed with it
             return
         self._tag_jobs.append(self._pool.submit(self._put_tag, target, tag, digest))
 
@@ -249,10 +277,21 @@ class RegistrySink:
         key = (repo, digest)
         return self.stats.failed.get(key) or self.stats.skipped.get(key)
 
-    def _advance(self, n: int) -> None:
+    def _advance(self, n: int = 0, images: int = 0) -> None:
+        """Bytes of blobs and images (tags and untagged manifests) dealt with, pushed or not."""
         with self._lock:
             self._done_bytes += n
-            self._on_progress(Progress("push", self._done_bytes, self._total_bytes))
+            self._images_done += images
+            self._on_progress(
+                Progress(
+                    "push",
+                    self._done_bytes,
+                    self._total_bytes,
+                    files=self._images_done,
+                    files_total=self._images_total,
+                    items="images",
+                )
+            )
 
     # -- blobs -------------------------------------------------------------------------------------
     def _blob(self, targets: list[str], body: _Body) -> None:
@@ -263,6 +302,10 @@ class RegistrySink:
                     self._blob_to(repo, body)
                 except (RegistryError, OSError) as e:
                     self._fail(repo, d, _describe(e, repo))
+            if d in self._diff_wanted:
+                diff = schema1.diff_id(body.chunks())
+                with self._lock:
+                    self._diff_ids[d] = diff
         finally:
             body.close()
         self._advance(body.content.size)
@@ -379,22 +422,69 @@ class RegistrySink:
             self.stats.bytes_uploaded += size
 
     # -- manifests and tags --------------------------------------------------------------------------
-    def _put_manifest(self, repo: str, ref: str, manifest: Manifest, raw: bytes) -> None:
+    def _convert(self, digest: str, raw: bytes) -> schema1.Converted:
+        with self._lock:
+            done = self._converted.get(digest)
+        if done is not None:
+            return done
+        assert self._catalog is not None
+        wanted = schema1.layers(raw)
+        sizes = {d: self._catalog.blobs[d].size for d in wanted}
+        with self._lock:
+            diffs = {d: self._diff_ids[d] for d in wanted if d in self._diff_ids}
+        if len(diffs) != len(set(wanted)):
+            raise ManifestError("schema 1 conversion: a layer could not be read from the bundle")
+        converted = schema1.convert(raw, sizes, diffs)
+        with self._lock:
+            self._converted[digest] = converted
+        log.info("schema 1 %s converted to schema 2 %s", digest, converted.digest)
+        return converted
+
+    def _put_manifest(
+        self, repo: str, ref: str, manifest: Manifest, raw: bytes, converted: schema1.Converted | None
+    ) -> None:
         try:
-            self._put(repo, ref, manifest.media_type, raw, manifest.digest)
+            if converted is None:
+                self._put(repo, ref, manifest.media_type, raw, manifest.digest)
+            else:
+                config = BlobContent(
+                    converted.config_digest,
+                    len(converted.config),
+                    (),
+                    verified=True,
+                    stream=io.BytesIO(converted.config),
+                )
+                body = _Body(config)
+                body.spool_if_stream()
+                try:
+                    self._blob_to(repo, body)
+                finally:
+                    body.close()
+                self._put(repo, ref, MediaType.DOCKER_MANIFEST, converted.manifest, converted.digest)
+                with self._lock:
+                    self.stats.converted[(repo, manifest.digest)] = converted.digest
             with self._lock:
                 self.stats.manifests_put += 1
-        except RegistryError as e:
+        except (RegistryError, OSError) as e:
             self._fail(repo, manifest.digest, _describe(e, repo))
+        finally:
+            if (repo, manifest.digest) in self._untagged:
+                self._advance(images=1)
 
     def _put_tag(self, repo: str, tag: str, digest: str) -> None:
         assert self._catalog is not None
         m = self._catalog.manifests[digest]
+        converted = self._converted.get(digest)
         try:
-            self._put(repo, tag, m.media_type, self._raw[digest], digest)
+            if converted is not None:
+                self._put(repo, tag, MediaType.DOCKER_MANIFEST, converted.manifest, converted.digest)
+            else:
+                self._put(repo, tag, m.media_type, self._raw[digest], digest)
         except RegistryError as e:
             with self._lock:
                 self.stats.failed_tags[(repo, tag)] = _describe(e, repo)
+        finally:
+            self._advance(images=1)
 
     def _put(self, repo: str, ref: str, media_type: str, raw: bytes, digest: str) -> None:
         c = self.client
@@ -414,14 +504,22 @@ class RegistrySink:
                 attempt, attempts=self.retries, backoff=self.backoff, what=f"manifest {repo}:{ref}"
             )
         except RegistryError as e:
-            if e.status == 412 and self._tag_is(repo, ref, digest):
+            if e.status != 412:
+                raise
+            current = self._tag_digest(repo, ref)
+            if current == digest:
                 return  # Harbor immutable tag, already at this digest: done
-            raise
+            raise RegistryError(
+                f"{repo}:{ref} is an immutable tag on the target and points to {current or 'another digest'}, "
+                f"not {digest} (412)",
+                status=412,
+                hint="Remove the immutability rule in the Harbor project, or push under another name with --map.",
+            ) from None
         got = r.headers.get("Docker-Content-Digest")
         if got and got != digest:
             raise RegistryError(f"{repo}:{ref}: the registry answered digest {got}, the bundle has {digest}")
 
-    def _tag_is(self, repo: str, ref: str, digest: str) -> bool:
+    def _tag_digest(self, repo: str, ref: str) -> str | None:
         c = self.client
         try:
             r = c.request(
@@ -429,11 +527,12 @@ class RegistrySink:
                 c.url(f"/v2/{repo}/manifests/{ref}"),
                 expect=(200,),
                 what="check tag",
-                headers={"Accept": "*/*"},
+                headers={"Accept": ", ".join(sorted(MANIFEST_TYPES))},
             )
         except RegistryError:
-            return False
-        return bool(r.headers.get("Docker-Content-Digest") == digest)
+            return None
+        got = r.headers.get("Docker-Content-Digest")
+        return str(got) if got else None
 
 
 def _location(r: httpx.Response) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -16,7 +17,10 @@ from bundler.export import run as export
 from importer.push import PushOptions, map_names
 from importer.push import run as push
 from importer.registry.client import Credentials
+from shared.bundle.reader import Bundle
 from shared.errors import AuthError, RegistryError, RegistryUnreachable, UsageError
+from shared.manifest import SCHEMA1_TYPES
+from shared.progress import Progress
 from shared.storage.reader import Selection
 from tests.support.harbor import HarborStandIn, TokenIssuer
 from tests.support.proxy import FaultPlan
@@ -65,7 +69,6 @@ def served_with_auth(reg: Registry) -> dict[str, dict[str, str]]:
                 creds,
                 f"docker://{reg.host}/{repo}:{tag}",
             ).stdout
-            import hashlib
 
             out.setdefault(repo, {})[tag] = "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
     return out
@@ -248,7 +251,6 @@ def test_token_auth_and_harbor_projects(zoo: Zoo, bundle: Path, harbor: HarborSt
         f"{harbor.username}:{harbor.password}",
         f"docker://127.0.0.1:{harbor.proxy.port}/library/multi:latest",
     ).stdout
-    import hashlib
 
     assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == zoo.served["multi"]["latest"]
 
@@ -273,6 +275,64 @@ def test_account_that_may_not_create_projects_is_told_clearly(bundle: Path, harb
                 credentials=Credentials(harbor.username, harbor.password),
             )
         )
+
+
+def test_immutable_tags_at_the_right_digest_are_done_and_others_fail_by_name(
+    zoo: Zoo, bundle: Path, harbor: HarborStandIn
+) -> None:
+    creds = Credentials(harbor.username, harbor.password)
+    assert not push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds)).failed
+    # someone moved team/app:v1 on the target before the rule was set
+    login = f"{harbor.username}:{harbor.password}"
+    host = f"127.0.0.1:{harbor.proxy.port}"
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-creds",
+        login,
+        "--dest-creds",
+        login,
+        f"docker://{host}/team/app:v2",
+        f"docker://{host}/team/app:v1",
+    )
+    harbor.immutable = {"library/multi:latest", "team/app:v1"}
+    r = push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds))
+    assert sorted(s for s, _ in harbor.refused) == [412, 412]
+    outcome = {i.ref: i for i in r.images}
+    assert outcome["library/multi:latest"].status == "pushed"  # 412, but the tag is at the bundle's digest
+    failed = outcome["team/app:v1"]
+    assert failed.status == "failed" and "immutable" in failed.reason and "team/app:v1" in failed.reason
+    assert zoo.served["team/app"]["v2"] in failed.reason  # where the tag points instead
+    assert [i.ref for i in r.failed] == ["team/app:v1"]
+
+
+def test_quota_and_size_refusals_name_the_repository(zoo: Zoo, bundle: Path, harbor: HarborStandIn) -> None:
+    catalog = Bundle.open(bundle).catalog
+    biggest = max(
+        (m for m in catalog.manifests.values() if m.media_type not in SCHEMA1_TYPES), key=lambda m: m.size
+    )
+    harbor.max_manifest = biggest.size - 1
+    harbor.quota_full = {"charts"}
+    r = push(
+        PushOptions(
+            bundle=str(bundle),
+            registry=harbor.url,
+            credentials=Credentials(harbor.username, harbor.password),
+            retries=2,
+        )
+    )
+    statuses = {s for s, _ in harbor.refused}
+    assert statuses == {403, 413}
+    failed = {i.source: i.reason for i in r.failed}
+    too_big = {i.ref for i in catalog.images() if biggest.digest in catalog.closure(i.digest)}
+    quota = {i.ref for i in catalog.images() if i.repository == "charts/c"}
+    assert set(failed) == too_big | quota
+    for ref in too_big:
+        assert "413" in failed[ref] and ref.split(":")[0] in failed[ref], failed[ref]
+    for ref in quota:
+        assert "403" in failed[ref] and "quota" in failed[ref] and "charts/c" in failed[ref], failed[ref]
+    assert sum(i.status == "pushed" for i in r.images) == len(r.images) - len(failed) - 1  # - schema 1
 
 
 def test_faults_are_retried_and_every_image_arrives_intact(
@@ -352,3 +412,64 @@ def test_push_from_stdin(zoo: Zoo, bundle: Path, basic_registry: Registry) -> No
     doc = json.loads(p.stdout)
     assert doc["failed"] == 0 and doc["skipped"] == 1
     assert served_with_auth(basic_registry) == expected(zoo)
+
+
+def test_convert_schema1_pushes_schema2_with_a_new_digest(
+    zoo: Zoo, bundle: Path, basic_registry: Registry, tmp_path: Path
+) -> None:
+    events: list[Progress] = []
+    r = push(
+        PushOptions(
+            bundle=str(bundle),
+            registry=basic_registry.url,
+            credentials=Credentials(USER, PASSWORD),
+            convert_schema1=True,
+        ),
+        on_progress=events.append,
+    )
+    assert not r.failed, r.failed
+    # progress counts images and bytes, and ends with all of both
+    last = events[-1]
+    assert (last.files, last.files_total, last.items) == (len(r.images), len(r.images), "images")
+    assert last.done == last.total > 0
+    assert [e.files for e in events] == sorted(e.files for e in events)
+    (s1,) = [i for i in r.images if i.source == "old:s1"]
+    assert s1.status == "pushed" and s1.digest == zoo.served["old"]["s1"]
+    assert s1.pushed_digest and s1.pushed_digest != s1.digest and "→" in s1.reason
+    served = served_with_auth(basic_registry)
+    assert served["old"]["s1"] == s1.pushed_digest  # the registry holds the converted manifest under the tag
+    assert {r: t for r, t in served.items() if r != "old"} == expected(zoo)  # the rest is untouched
+    # skopeo's own conversion of the same source image agrees on layers, diff_ids and history
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        f"{USER}:{PASSWORD}",
+        f"docker://{basic_registry.host}/old:s1",
+        f"dir:{ours}",
+    )
+    skopeo(
+        "copy",
+        "--format",
+        "v2s2",
+        "--src-tls-verify=false",
+        f"docker://{zoo.registry.host}/old:s1",
+        f"dir:{theirs}",
+    )
+    m_ours, m_theirs = (json.loads((d / "manifest.json").read_text()) for d in (ours, theirs))
+    assert m_ours["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert [x["digest"] for x in m_ours["layers"]] == [x["digest"] for x in m_theirs["layers"]]
+    c_ours, c_theirs = (
+        json.loads((d / m["config"]["digest"].split(":")[1]).read_text())
+        for d, m in ((ours, m_ours), (theirs, m_theirs))
+    )
+    assert c_ours["rootfs"] == c_theirs["rootfs"] and len(c_ours["rootfs"]["diff_ids"]) == len(
+        m_ours["layers"]
+    )
+    assert [h.get("created_by") for h in c_ours["history"]] == [
+        h.get("created_by") for h in c_theirs["history"]
+    ]
+    assert c_ours == c_theirs
+    # byte for byte: the same digest as skopeo's conversion
+    assert "sha256:" + hashlib.sha256((theirs / "manifest.json").read_bytes()).hexdigest() == s1.pushed_digest

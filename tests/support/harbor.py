@@ -1,6 +1,7 @@
 """A STAND-IN for Harbor's own REST endpoints (not Harbor), written from Harbor's API docs.
 
-It plays only what ferry calls: ``/api/systeminfo``, ``/api/projects`` and the 1.x internal sync calls;
+It plays only what ferry calls (and, in front of /v2, the refusals Harbor's core adds: immutable tags,
+quota, manifest size): ``/api/systeminfo``, ``/api/projects`` and the 1.x internal sync calls;
 ``/api/v2.0/systeminfo`` and ``/api/v2.0/projects``; and the token service ``/service/token``, which like
 Harbor's grants no actions on a repository whose project does not exist.  Everything else (/v2) is
 forwarded to the real docker-registry behind it, which verifies the tokens this stand-in signs.
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import datetime
+import http.client
 import json
+import re
 import time
 import urllib.parse
 import uuid
@@ -22,6 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
+from shared.manifest import MANIFEST_TYPES
 
 from .proxy import FaultPlan, Proxy
 
@@ -90,6 +95,12 @@ class HarborStandIn:
     upstream: str | None = None  # host:port of the real registry behind it
     issuer: TokenIssuer | None = None
     faults: FaultPlan | None = None
+    #: Harbor's policies that refuse pushes: immutable tags ("repo:tag"), projects whose quota is used up,
+    #: a manifest size limit (Harbor's is 4 MiB); each refusal is recorded as (status, path)
+    immutable: set[str] = field(default_factory=set)
+    quota_full: set[str] = field(default_factory=set)
+    max_manifest: int | None = None
+    refused: list[tuple[int, str]] = field(default_factory=list)
     calls: list[tuple[str, str, object]] = field(default_factory=list)
     cookies_seen: list[str] = field(default_factory=list)
     tokens_issued: int = 0
@@ -133,6 +144,8 @@ class HarborStandIn:
     def _route(self, h: BaseHTTPRequestHandler) -> bool:
         url = urllib.parse.urlsplit(h.path)
         path, query = url.path, urllib.parse.parse_qs(url.query)
+        if path.startswith("/v2/"):
+            return self._policy(h, path, query)
         if not (path.startswith("/api/") or path.startswith("/service/")):
             return False
         length = int(h.headers.get("Content-Length") or 0)
@@ -165,6 +178,58 @@ class HarborStandIn:
         else:
             self._reply(h, 404, {"errors": [{"code": "NOT_FOUND"}]})
         return True
+
+    def _policy(self, h: BaseHTTPRequestHandler, path: str, query: dict[str, list[str]]) -> bool:
+        """Harbor core's checks in front of the registry (errors as Harbor words them); True if refused."""
+        manifest = re.fullmatch(r"/v2/(.+)/manifests/([^/]+)", path)
+        upload = re.fullmatch(r"/v2/(.+)/blobs/uploads/.*", path)
+        length = int(h.headers.get("Content-Length") or 0)
+        refusal: tuple[int, str, str] | None = None
+        if manifest and h.command == "PUT":
+            repo, ref = manifest.groups()
+            if self.max_manifest is not None and length > self.max_manifest:
+                refusal = (413, "REQUEST_ENTITY_TOO_LARGE", "the manifest is too large")
+            elif f"{repo}:{ref}" in self.immutable and self._upstream_has(h, repo, ref):
+                refusal = (
+                    412,
+                    "PRECONDITION",
+                    f"Failed to process request due to '{repo}:{ref}' configured as immutable.",
+                )
+        elif (
+            upload
+            and upload.group(1).split("/", 1)[0] in self.quota_full
+            and (h.command == "PUT" or (h.command == "POST" and "mount" in query))
+        ):
+            refusal = (
+                403,
+                "DENIED",
+                "adding 1.0 KiB of storage resource, which when updated to current usage of 10.0 MiB "
+                "will exceed the configured upper limit of 10.0 MiB.",
+            )
+        if refusal is None:
+            return False
+        if length:
+            h.rfile.read(length)
+        status, code, message = refusal
+        self.refused.append((status, path))
+        self._reply(h, status, {"errors": [{"code": code, "message": message}]})
+        return True
+
+    def _upstream_has(self, h: BaseHTTPRequestHandler, repo: str, ref: str) -> bool:
+        assert self.upstream is not None
+        conn = http.client.HTTPConnection(self.upstream, timeout=30)
+        try:
+            conn.request(
+                "HEAD",
+                f"/v2/{repo}/manifests/{ref}",
+                headers={
+                    "Authorization": h.headers.get("Authorization", ""),
+                    "Accept": ", ".join(sorted(MANIFEST_TYPES)),
+                },
+            )
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
 
     def _token(self, h: BaseHTTPRequestHandler, user: str | None, query: dict[str, list[str]]) -> None:
         if h.headers.get("Authorization") and user is None:
