@@ -17,12 +17,12 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from shared.errors import FerryError
 
-from .registry.client import NoCookies, redact
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class RedisError(FerryError):
 def flush_registry_cache(url: str) -> int:
     """Delete the registry's cache keys from Redis DB 1 (whatever DB the URL names); returns how many."""
     import redis  # only restores that talk to Redis pay for importing the client
+
+    from .registry.client import redact
 
     client = redis.Redis.from_url(url, db=HARBOR_REGISTRY_DB, socket_timeout=10, socket_connect_timeout=10)
     deleted = 0
@@ -107,6 +109,10 @@ def projects_of(repositories: list[str]) -> tuple[list[str], list[str]]:
 
 
 def sync_harbor(access: HarborAccess, projects: list[str]) -> HarborSync:
+    import httpx  # only restores that talk to Harbor pay for importing the HTTP client
+
+    from .registry.client import NoCookies
+
     with httpx.Client(
         base_url=access.url.rstrip("/"),
         auth=(access.username, access.password),

@@ -7,6 +7,7 @@ then Harbor is told (Redis cache, projects, sync) or the exact next steps are li
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -19,8 +20,8 @@ from shared.digest import Digest
 from shared.errors import UsageError
 from shared.model import Catalog
 from shared.progress import ProgressCallback, no_progress
-from shared.storage.paths import BlobData, StorageLayout, TagCurrentLink
-from shared.storage.writer import Owner, StorageTreeSink
+from shared.storage.paths import BlobData, StorageLayout, TagCurrentLink, TagsDir
+from shared.storage.writer import Owner, StorageTreeSink, blob_folders
 from shared.transfer import copy
 
 from . import harbor1
@@ -112,13 +113,15 @@ class RestoreResult:
 
 def plan(catalog: Catalog, root: Path) -> Plan:
     layout = StorageLayout.for_root(root)
+    digests = [*catalog.blobs, *catalog.manifests]
+    folders = blob_folders(layout, {d.split(":", 1)[0] for d in digests})
     write = present = nbytes = 0
-    for d in [*catalog.blobs, *catalog.manifests]:
+    for d in digests:
         size = catalog.size_of(d)
-        try:
-            there = os.stat(layout.path(BlobData(Digest.parse(d)))).st_size == size
-        except (FileNotFoundError, NotADirectoryError):
-            there = False
+        there = False
+        if d in folders:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                there = os.stat(layout.path(BlobData(Digest.parse(d)))).st_size == size
         if there:
             present += 1
         else:
@@ -126,6 +129,8 @@ def plan(catalog: Catalog, root: Path) -> Plan:
             nbytes += size
     moves = []
     for repo in catalog.repositories:
+        if not os.path.isdir(layout.path(TagsDir(repo.name))):
+            continue  # a repository without tags yet: nothing to move, and no open per tag
         for tag, d in repo.tags.items():
             try:
                 with open(layout.path(TagCurrentLink(repo.name, tag)), "rb") as f:

@@ -8,6 +8,7 @@ identity is always the sha256/sha512 digest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -25,24 +26,29 @@ class Digest:
     algorithm: str
     hex: str
 
-    @classmethod
-    def parse(cls, text: str) -> Digest:
+    @staticmethod
+    def parse(text: str) -> Digest:
         """Parse ``alg:hex``; raises ValueError with the offending text on anything else."""
-        m = _DIGEST_RE.fullmatch(text)
-        if not m or len(m.group(2)) != _HEX_LEN[m.group(1)]:
+        d = _parse(text) if isinstance(text, str) else None
+        if d is None:
             raise ValueError(f"invalid digest {text!r}")
-        return cls(m.group(1), m.group(2))
+        return d
 
-    @classmethod
-    def is_valid(cls, text: str) -> bool:
-        try:
-            cls.parse(text)
-        except ValueError:
-            return False
-        return True
+    @staticmethod
+    def is_valid(text: str) -> bool:
+        return isinstance(text, str) and _parse(text) is not None
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse(text: str) -> Digest | None:
+    # the same digest is parsed once per path it names (blob, links, index entries): remember the answer
+    m = _DIGEST_RE.fullmatch(text)
+    if not m or len(m.group(2)) != _HEX_LEN[m.group(1)]:
+        return None
+    return Digest(m.group(1), m.group(2))
 
 
 def sha256_of(data: bytes) -> str:

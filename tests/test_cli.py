@@ -53,7 +53,7 @@ def test_parse_size() -> None:
 
 
 def test_export_parses_options_into_one_library_call(tmp_path: Path) -> None:
-    with mock.patch("ferry.cli.run_export") as run:
+    with mock.patch("bundler.export.run") as run:
         run.return_value.to_dict.return_value = {}
         r = runner.invoke(
             app,

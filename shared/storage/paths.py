@@ -43,6 +43,13 @@ def valid_tag(tag: str) -> bool:
 
 
 @dataclass(frozen=True)
+class BlobsDir:
+    """``blobs/<algorithm>``: two-character prefix folders, then one folder per blob."""
+
+    algorithm: str
+
+
+@dataclass(frozen=True)
 class BlobData:
     digest: Digest
 
@@ -93,7 +100,8 @@ class TagIndexEntryLink:
 
 
 PathSpec = (
-    BlobData
+    BlobsDir
+    | BlobData
     | RepositoriesRoot
     | RepositoryDir
     | LayerLink
@@ -122,6 +130,8 @@ class StorageLayout:
 
     def path(self, spec: PathSpec) -> str:
         match spec:
+            case BlobsDir(algorithm):
+                rel = f"blobs/{algorithm}"
             case BlobData(d):
                 rel = f"blobs/{d.algorithm}/{d.hex[:2]}/{d.hex}/data"
             case RepositoriesRoot():
@@ -154,6 +164,7 @@ __all__ = [
     "NAME_MAX",
     "V2_SUFFIX",
     "BlobData",
+    "BlobsDir",
     "LayerLink",
     "ManifestRevisionLink",
     "ManifestRevisionsDir",

@@ -10,8 +10,9 @@ Guarantees:
 
 * every file is written to a temp name in its own folder, then renamed: a reader (the registry, or a crash)
   never sees a half-written file;
-* blob bytes are checked against their digest *as they landed*: the kernel copies (``copy_file_range``,
-  which also reflinks where the filesystem can), then the temp file is hashed before the rename;
+* blob bytes are checked against their digest as they are written: a small blob is read once, hashed and
+  written from the same buffer; a large one is copied by the kernel (``copy_file_range``, which also
+  reflinks where the file system can) and the temp file is hashed before the rename;
 * merging: existing blobs with the right size are not rewritten; other repositories are not touched; a tag
   that exists is moved to the new digest and reported;
 * ownership: everything created or rewritten, folders included, is chowned to ``owner``.
@@ -24,11 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -36,9 +38,21 @@ from ..digest import CHUNK, Digest
 from ..errors import DigestMismatch, DiskFull, OutputError
 from ..model import Catalog, Manifest
 from ..store import BlobContent, SinkResult
-from .paths import BlobData, LayerLink, ManifestRevisionLink, StorageLayout, TagCurrentLink, TagIndexEntryLink
+from .paths import (
+    BlobData,
+    BlobsDir,
+    LayerLink,
+    ManifestRevisionLink,
+    StorageLayout,
+    TagCurrentLink,
+    TagIndexEntryLink,
+    TagsDir,
+)
 
 log = logging.getLogger(__name__)
+
+#: up to this size a blob is read and written by ferry (2 calls); above it the kernel copies it
+SMALL_BLOB = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -66,40 +80,47 @@ class StorageTreeSink:
         self.owner = owner
         self.stats = RestoreStats()
         self._lock = threading.Lock()
-        self._made_dirs: set[str] = set()
+        #: folders known to exist, as this run creates or meets them
+        self._known: set[str] = set()
         #: folders this run created: nothing can be in them that this run did not write
         self._fresh_dirs: set[str] = set()
+        #: digests with a folder under blobs/ when the run began (listed once, not stat-ed one by one)
+        self._present: set[str] = set()
         self._pool = ThreadPoolExecutor(
             max_workers=jobs or os.cpu_count() or 1, thread_name_prefix="ferry-restore"
         )
         self._pending: list[Future[None]] = []
+        self._batch: list[Callable[[], None]] = []
+        self._manifests_begun = self._tags_begun = False
         self._tmp: set[str] = set()
+        self._pid = os.getpid()
+        self._sources: dict[str, int] = {}  # bundle file -> descriptor, opened once
 
     # -- helpers ---------------------------------------------------------------------------------
     def _dirs(self, path: str) -> None:
-        """Create the parents of ``path`` (owned as asked), remembering which exist."""
-        parent = os.path.dirname(path)
-        if parent not in self._made_dirs:
+        """Create the parents of ``path`` (owned as asked)."""
+        parent = path.rpartition("/")[0]
+        if parent not in self._known:
             self._mkdirs(parent)
-            with self._lock:
-                self._made_dirs.add(parent)
 
     def _mkdirs(self, d: str) -> None:
-        # mkdir first, walk up only when the parent is missing: on a large restore most folders are new,
-        # and every avoided stat is a file-system call saved per link
-        try:
-            os.mkdir(d, 0o755)
-        except FileExistsError:
-            return
-        except FileNotFoundError:
-            self._mkdirs(os.path.dirname(d))
+        # walk up in memory to the nearest folder known to exist, then create downwards: on a fresh restore
+        # that is exactly one mkdir per new folder, and no stat or failed mkdir at all
+        chain = []
+        while d and d not in self._known:
+            chain.append(d)
+            d = d.rpartition("/")[0]
+        for d in reversed(chain):
             try:
                 os.mkdir(d, 0o755)
             except FileExistsError:
-                return
-        self._chown(d)
-        with self._lock:
+                self._known.add(d)
+                continue
+            except OSError as e:
+                raise _os_error(e, d) from None
+            self._chown(d)
             self._fresh_dirs.add(d)
+            self._known.add(d)
 
     def _chown(self, path: str, fd: int | None = None) -> None:
         if self.owner is None:
@@ -116,7 +137,8 @@ class StorageTreeSink:
             ) from None
 
     def _tmp_name(self, path: str) -> str:
-        return f"{os.path.dirname(path)}/.ferry-{os.path.basename(path)}-{threading.get_ident()}-{os.getpid()}.tmp"
+        folder, _, name = path.rpartition("/")
+        return f"{folder}/.ferry-{name}-{threading.get_ident()}-{self._pid}.tmp"
 
     @contextlib.contextmanager
     def _atomic(self, path: str) -> Iterator[int]:
@@ -147,7 +169,7 @@ class StorageTreeSink:
     def _write_small(self, path: str, data: bytes) -> bool:
         """Write a link file atomically unless it already holds ``data``; True when written."""
         self._dirs(path)
-        if os.path.dirname(path) not in self._fresh_dirs:
+        if path.rpartition("/")[0] not in self._fresh_dirs:
             try:
                 with open(path, "rb") as f:
                     if f.read(len(data) + 1) == data:
@@ -160,11 +182,10 @@ class StorageTreeSink:
             self.stats.links_written += 1
         return True
 
-    def _link(self, spec: LayerLink | ManifestRevisionLink | TagIndexEntryLink, digest: str) -> None:
-        self._write_small(self.layout.path(spec), digest.encode())
-
     # -- blobs -----------------------------------------------------------------------------------
     def _has_data(self, digest: str, size: int) -> bool:
+        if digest not in self._present:
+            return False
         try:
             return os.stat(self.layout.path(BlobData(Digest.parse(digest)))).st_size == size
         except (FileNotFoundError, NotADirectoryError):
@@ -174,7 +195,7 @@ class StorageTreeSink:
         path = self.layout.path(BlobData(Digest.parse(content.digest)))
         with self._atomic(path) as fd:
             if content.extents and content.stream is None:
-                actual, n = self._kernel_copy_then_hash(content, fd)
+                actual, n = self._copy_and_hash(content, fd)
             else:
                 actual, n = self._stream_copy(content, fd)
             if n != content.size or actual != content.digest:
@@ -183,21 +204,39 @@ class StorageTreeSink:
             self.stats.blobs_written += 1
             self.stats.bytes_written += content.size
 
-    def _kernel_copy_then_hash(self, content: BlobContent, fd: int) -> tuple[str, int]:
-        for ext in content.extents:
-            src = os.open(ext.path, os.O_RDONLY)
-            try:
-                off, left = ext.offset, ext.size
-                while left:
-                    got = os.copy_file_range(src, fd, min(left, 1 << 30), off)
-                    if got == 0:
-                        break
-                    off += got
-                    left -= got
-            finally:
-                os.close(src)
-        # hash what landed, not what we meant to write
+    def _source(self, path: str) -> int:
+        fd = self._sources.get(path)
+        if fd is None:
+            with self._lock:
+                fd = self._sources.get(path)
+                if fd is None:
+                    fd = self._sources[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+    def _copy_and_hash(self, content: BlobContent, fd: int) -> tuple[str, int]:
         h = hashlib.new(content.digest.split(":", 1)[0])
+        if content.size <= SMALL_BLOB:
+            # one read, one write: the bytes hashed are the bytes handed to the kernel, and a short write
+            # shows in the count
+            n = 0
+            for ext in content.extents:
+                data = os.pread(self._source(ext.path), ext.size, ext.offset)
+                h.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                n += len(data)
+            return f"{h.name}:{h.hexdigest()}", n
+        # large: the kernel copies (reflinks where the file system can), then what landed is hashed
+        for ext in content.extents:
+            src = self._source(ext.path)
+            off, left = ext.offset, ext.size
+            while left:
+                got = os.copy_file_range(src, fd, min(left, 1 << 30), off)
+                if got == 0:
+                    break
+                off += got
+                left -= got
         n = 0
         buf = memoryview(bytearray(CHUNK))
         while True:
@@ -219,12 +258,14 @@ class StorageTreeSink:
         return f"{h.name}:{h.hexdigest()}", n
 
     def _drain(self) -> None:
+        self._flush()
         pending, self._pending = self._pending, []
         for f in pending:
             f.result()
 
     # -- the sink protocol -----------------------------------------------------------------------
     def begin(self, catalog: Catalog) -> None:
+        self._present = blob_folders(self.layout, {d.split(":", 1)[0] for d in catalog.blobs})
         v2 = self.layout.v2
         self._dirs(f"{v2}/repositories/.")
         self._dirs(f"{v2}/blobs/.")
@@ -233,61 +274,79 @@ class StorageTreeSink:
             self._chown(d)
 
     def put_blob(self, repos: Sequence[str], content: BlobContent) -> None:
+        self._put(repos, content, blob=True)
+
+    def put_manifest(self, repos: Sequence[str], manifest: Manifest, content: BlobContent) -> None:
+        # a manifest lands after its blobs and children: every blob before the first manifest, and everything
+        # in flight before an index (its children come earlier in the source's order)
+        if not self._manifests_begun or manifest.children:
+            self._drain()
+            self._manifests_begun = True
+        self._put(repos, content, blob=False)
+
+    def _put(self, repos: Sequence[str], content: BlobContent, *, blob: bool) -> None:
+        if content.stream is not None:
+            # a stream must be consumed now, in order; files can be copied by the pool
+            self._drain()
+            self._write_one(repos, content, blob)
+            return
+        self._enqueue(functools.partial(self._write_one, repos, content, blob))
+
+    def _enqueue(self, work: Callable[[], None]) -> None:
+        # to the pool in batches: one future per blob costs more than a small blob's copy
+        self._batch.append(work)
+        if len(self._batch) >= 32:
+            self._flush()
+        while len(self._pending) > 8:  # bounded work in flight; wait for the oldest only
+            self._pending.pop(0).result()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            self._pending.append(self._pool.submit(_run_all, batch))
+
+    def _write_one(self, repos: Sequence[str], content: BlobContent, blob: bool) -> None:
         if self._has_data(content.digest, content.size):
             with self._lock:
                 self.stats.blobs_present += 1
-            self._links(repos, content.digest, blob=True)
-            return
-        if content.stream is not None:
-            # a stream must be consumed now, in order; files can be copied by the pool
-            self._write_data(content)
-            self._links(repos, content.digest, blob=True)
-            return
-
-        def work() -> None:
-            self._write_data(content)
-            self._links(repos, content.digest, blob=True)
-
-        self._pending.append(self._pool.submit(work))
-        if len(self._pending) > 256:
-            self._drain()
-
-    def _links(self, repos: Sequence[str], digest: str, *, blob: bool) -> None:
-        d = Digest.parse(digest)
-        for repo in repos:
-            spec = LayerLink(repo, d) if blob else ManifestRevisionLink(repo, d)
-            self._link(spec, digest)
-
-    def put_manifest(self, repos: Sequence[str], manifest: Manifest, content: BlobContent) -> None:
-        # a manifest's blobs, and children, land before it: wait for the blob copies in flight
-        self._drain()
-        if self._has_data(content.digest, content.size):
-            self.stats.blobs_present += 1
         else:
             self._write_data(content)
-        self._links(repos, content.digest, blob=False)
+        d = Digest.parse(content.digest)
+        for repo in repos:
+            spec = LayerLink(repo, d) if blob else ManifestRevisionLink(repo, d)
+            self._write_small(self.layout.path(spec), content.digest.encode())
 
     def tag(self, repo: str, tag: str, digest: str) -> None:
-        self._drain()
+        if not self._tags_begun:
+            self._drain()  # tags make images visible: only after every blob and manifest landed
+            self._tags_begun = True
+        self._enqueue(functools.partial(self._write_tag, repo, tag, digest))
+
+    def _write_tag(self, repo: str, tag: str, digest: str) -> None:
         d = Digest.parse(digest)
         current = self.layout.path(TagCurrentLink(repo, tag))
-        try:
-            with open(current, "rb") as f:
-                old = f.read(200).decode("ascii", "replace")
-        except (FileNotFoundError, NotADirectoryError):
-            old = None
-        self._link(TagIndexEntryLink(repo, tag, d), digest)
-        if self._write_small(current, digest.encode()):
+        old = None
+        if self.layout.path(TagsDir(repo)) not in self._fresh_dirs:
+            try:
+                with open(current, "rb") as f:
+                    old = f.read(200).decode("ascii", "replace")
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+        self._write_small(self.layout.path(TagIndexEntryLink(repo, tag, d)), digest.encode())
+        written = self._write_small(current, digest.encode())
+        with self._lock:
+            if not written:
+                self.stats.tags_unchanged += 1
+                return
             self.stats.tags_written += 1
             if old is not None:
                 self.stats.tags_moved.append((f"{repo}:{tag}", old, digest))
                 log.info("tag %s:%s moved from %s to %s", repo, tag, old, digest)
-        else:
-            self.stats.tags_unchanged += 1
 
     def commit(self) -> SinkResult:
         self._drain()
         self._pool.shutdown()
+        self._close_sources()
         s = self.stats
         return SinkResult(
             written_blobs=s.blobs_written,
@@ -297,12 +356,40 @@ class StorageTreeSink:
         )
 
     def abort(self) -> None:
+        self._batch = []
         for f in self._pending:
             f.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pending = []
         for tmp in list(self._tmp):
             _unlink(tmp)
+        self._close_sources()
+
+    def _close_sources(self) -> None:
+        for fd in self._sources.values():
+            os.close(fd)
+        self._sources.clear()
+
+
+def blob_folders(layout: StorageLayout, algorithms: set[str]) -> set[str]:
+    """Digests that have a folder under ``blobs/``: one listing per prefix folder instead of a stat per blob
+    (on a fresh target, one failed call in all)."""
+    out: set[str] = set()
+    for alg in algorithms:
+        try:
+            prefixes = list(os.scandir(layout.path(BlobsDir(alg))))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for p in prefixes:
+            if p.is_dir(follow_symlinks=False):
+                with os.scandir(p.path) as blobs:
+                    out.update(f"{alg}:{b.name}" for b in blobs)
+    return out
+
+
+def _run_all(batch: list[Callable[[], None]]) -> None:
+    for work in batch:
+        work()
 
 
 def _unlink(path: str) -> None:
@@ -319,4 +406,4 @@ def _os_error(e: OSError, path: str) -> OutputError:
     return OutputError(f"{path}: {e.strerror}")
 
 
-__all__ = ["Owner", "RestoreStats", "StorageTreeSink"]
+__all__ = ["SMALL_BLOB", "Owner", "RestoreStats", "StorageTreeSink", "blob_folders"]
