@@ -27,26 +27,43 @@ class Measure:
     cpu_seconds: float
 
 
+def _once(cmd: list[str] | str, before: object) -> Measure:
+    if callable(before):
+        before()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = p.stderr.read().decode() if p.stderr else ""
+        raise SystemExit(f"bench command failed: {cmd}\n{err}")
+    return Measure(dt, ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime)
+
+
 def measure(cmd: list[str] | str, *, before: object = None) -> Measure:
     """Best wall time over RUNS runs of ``cmd`` (shell string or argv), with peak RSS and CPU time."""
-    best: Measure | None = None
-    for _ in range(RUNS):
-        if callable(before):
-            before()
-        t0 = time.perf_counter()
-        p = subprocess.Popen(
-            cmd, shell=isinstance(cmd, str), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        _, status, ru = os.wait4(p.pid, 0)
-        dt = time.perf_counter() - t0
-        if os.waitstatus_to_exitcode(status) != 0:
-            err = p.stderr.read().decode() if p.stderr else ""
-            raise SystemExit(f"bench command failed: {cmd}\n{err}")
-        m = Measure(dt, ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime)
-        if best is None or m.seconds < best.seconds:
-            best = m
-    assert best is not None
-    return best
+    return min((_once(cmd, before) for _ in range(RUNS)), key=lambda m: m.seconds)
+
+
+def measure_pair(
+    ferry: list[str] | str,
+    reference: list[str] | str,
+    *,
+    before_ferry: object = None,
+    before_reference: object = None,
+) -> tuple[Measure, Measure]:
+    """Best of RUNS for each, the two interleaved (ferry, reference, reference, ferry, ...).
+
+    This disk (ext4 mounted with ``discard``) gets slower for a while after large deletes, and each run
+    deletes the previous output: run all of one command, then all of the other, and the second pays for
+    the first's deletes.  Interleaving gives both the same conditions."""
+    ours: list[Measure] = []
+    theirs: list[Measure] = []
+    for i in range(RUNS):
+        a, b = (ferry, ours, before_ferry), (reference, theirs, before_reference)
+        for cmd, into, before in (a, b) if i % 2 == 0 else (b, a):
+            into.append(_once(cmd, before))
+    return min(ours, key=lambda m: m.seconds), min(theirs, key=lambda m: m.seconds)
 
 
 def rm(*paths: Path) -> None:
@@ -70,21 +87,28 @@ def bench_tree(name: str, root: Path, facts: dict[str, int], results: dict[str, 
     size_mb = facts["bytes"] / 1e6
 
     # export vs tar -cf of the same storage tree
-    exp = measure([ferry, "export", str(root), "-o", str(bundle), "-q"], before=lambda: rm(bundle))
-    tar = measure(["tar", "-cf", str(plain), "-C", str(root), "docker"], before=lambda: rm(plain))
+    exp, tar = measure_pair(
+        [ferry, "export", str(root), "-o", str(bundle), "-q"],
+        ["tar", "-cf", str(plain), "-C", str(root), "docker"],
+        before_ferry=lambda: rm(bundle),
+        before_reference=lambda: rm(plain),
+    )
     # verify (both cores, sha256 + xxh3) vs openssl dgst -sha256 (one core) over the same blob bytes
-    ver = measure([ferry, "verify", str(bundle), "-q"])
     files = blob_files(root)
     listfile = work / "blobs.txt"
     listfile.write_text("\n".join(files))
-    ossl = measure(f"xargs -a {listfile} openssl dgst -sha256 > /dev/null")
-    # restore vs the plain copy: tar -xf of the storage tree, then chown -R for Harbor's registry user
-    dst = work / "restored"
-    base = measure(
-        f"mkdir -p {dst} && tar -xf {plain} -C {dst} && chown -R 10000:10000 {dst}", before=lambda: rm(dst)
+    ver, ossl = measure_pair(
+        [ferry, "verify", str(bundle), "-q"], f"xargs -a {listfile} openssl dgst -sha256 > /dev/null"
     )
-    rest = measure([ferry, "restore", str(bundle), "--root", str(dst), "-q"], before=lambda: rm(dst))
-    rm(dst)
+    # restore vs the plain copy: tar -xf of the storage tree, then chown -R for Harbor's registry user
+    dst, dst_tar = work / "restored", work / "restored-tar"
+    rest, base = measure_pair(
+        [ferry, "restore", str(bundle), "--root", str(dst), "-q"],
+        f"mkdir -p {dst_tar} && tar -xf {plain} -C {dst_tar} && chown -R 10000:10000 {dst_tar}",
+        before_ferry=lambda: rm(dst),
+        before_reference=lambda: rm(dst_tar),
+    )
+    rm(dst, dst_tar)
     r = {
         "tree": facts,
         "export_s": round(exp.seconds, 3),
