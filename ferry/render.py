@@ -10,18 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from shared.errors import FerryError
 from shared.progress import Progress as ProgressEvent
@@ -31,7 +20,13 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 
+# rich's progress, table and logging modules are imported where they are used: together they cost 40 ms of
+# every start, and a command run from a script draws no bars
+
+
 def setup_logging(verbose: int) -> None:
+    from rich.logging import RichHandler
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
         level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
@@ -75,6 +70,16 @@ def progress(enabled: bool) -> Iterator[ProgressCallback]:
     if not enabled or not err.is_terminal:
         yield no_progress
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     bars = Progress(
         TextColumn("[bold]{task.description:<14}"),
         BarColumn(),
@@ -101,6 +106,8 @@ def progress(enabled: bool) -> Iterator[ProgressCallback]:
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
