@@ -17,10 +17,11 @@ from shared import __version__
 from shared.bundle.format import BundleInfo
 from shared.bundle.tario import BundleOutput
 from shared.bundle.writer import BundleSink
+from shared.errors import BrokenImages
 from shared.model import Skipped
 from shared.progress import ProgressCallback, no_progress
-from shared.storage.fs import TarFS, open_tree
-from shared.storage.reader import ScanOptions, Selection, TreeSource, scan
+from shared.storage.fs import TarFS, TreeFS, open_tree
+from shared.storage.reader import ScanOptions, ScanResult, Selection, TreeSource, scan
 from shared.transfer import copy
 
 log = logging.getLogger(__name__)
@@ -70,19 +71,9 @@ class ExportResult:
         }
 
 
-def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> ExportResult:
-    started = time.monotonic()
-    fs = open_tree(opts.root)
-    log.info("scanning %s", fs.description)
-    try:
-        result = scan(
-            fs,
-            ScanOptions(selection=opts.selection, skip_broken=opts.skip_broken, jobs=opts.jobs),
-            on_progress,
-        )
-    finally:
-        fs.close()  # the write phase copies by extent and needs no open view
-    catalog = result.catalog
+def _write(
+    opts: ExportOptions, result: ScanResult, fs: TreeFS, on_progress: ProgressCallback
+) -> BundleOutput:
     sel = opts.selection
     info = BundleInfo(
         ferry_version=__version__,
@@ -103,6 +94,43 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
     out = BundleOutput(opts.output, opts.volume_size)
     sink = BundleSink(out, info, mtime=int(time.time()))
     copy(TreeSource(result), sink, on_progress=on_progress)
+    return out
+
+
+def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> ExportResult:
+    started = time.monotonic()
+    fs = open_tree(opts.root)
+    log.info("scanning %s", fs.description)
+    try:
+        # blobs are hashed alongside the copy, just ahead of it; a wrong one aborts the bundle at the end
+        result = scan(
+            fs,
+            ScanOptions(
+                selection=opts.selection, skip_broken=opts.skip_broken, jobs=opts.jobs, defer_hashing=True
+            ),
+            on_progress,
+        )
+    finally:
+        fs.close()  # the write phase copies by extent and needs no open view
+    try:
+        out = _write(opts, result, fs, on_progress)
+    except BrokenImages:
+        if not opts.skip_broken:
+            raise
+        # blobs whose bytes are wrong on disk showed only while copying: that bundle is gone; scan again,
+        # hashing first, so the broken images are left out of the index this time (a rare, slower path)
+        log.warning("some blobs did not match their digests; exporting again without the broken images")
+        fs = open_tree(opts.root)
+        try:
+            result = scan(
+                fs,
+                ScanOptions(selection=opts.selection, skip_broken=True, jobs=opts.jobs),
+                on_progress,
+            )
+        finally:
+            fs.close()
+        out = _write(opts, result, fs, on_progress)
+    catalog = result.catalog
     return ExportResult(
         files=tuple(out.files),
         repositories=len(catalog.repositories),

@@ -70,6 +70,10 @@ class HashPool:
         if self._pending_bytes >= self.BATCH_BYTES or len(self._pending) >= self.BATCH_ITEMS:
             self._flush()
 
+    def flush(self) -> None:
+        """Hand what is pending to the threads now (``add`` waits for a full batch)."""
+        self._flush()
+
     def _flush(self) -> None:
         if self._pending:
             self._futures.append(self._pool.submit(self._run, self._pending))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 import xxhash
 
@@ -30,7 +31,7 @@ class BundleSink:
     """Writes a bundle to a :class:`BundleOutput`.
 
     The index must come first, so ``begin`` needs the complete catalog.  Content marked ``verified`` with a
-    known ``xxh3`` is copied by the kernel without being read here; anything else is hashed while copied and
+    known (or soon known: ``xxh3_later``) ``xxh3`` is copied by the kernel without being read here; anything else is hashed while copied and
     a mismatch aborts the bundle.
     """
 
@@ -38,7 +39,7 @@ class BundleSink:
         self.out = output
         self.info = info
         self.mtime = mtime
-        self._members: list[tuple[str, int, str]] = []
+        self._members: list[tuple[str, int, str | Future[str]]] = []
         self._index_xxh3 = ""
         self._written: set[str] = set()
         self._bytes = 0
@@ -63,10 +64,12 @@ class BundleSink:
             return
         name = blob_member(content.digest)
         self.out.write(self._tail + tar_header(name, content.size, self.mtime))
-        if content.verified and content.xxh3 is not None and content.extents:
+        x: str | Future[str]
+        known = content.xxh3 if content.xxh3 is not None else content.xxh3_later
+        if content.verified and known is not None and content.extents:
             for ext in content.extents:
                 self.out.copy_extent(ext)
-            x = content.xxh3
+            x = known
         else:
             x = self._copy_hashing(content)
         self._tail = padding(content.size)
@@ -95,7 +98,8 @@ class BundleSink:
         """Tags are part of the index, written by :meth:`begin`."""
 
     def commit(self) -> SinkResult:
-        self._bytes_member(TRAILER_MEMBER, encode_trailer(self._index_xxh3, self._members))
+        members = [(n, size, x if isinstance(x, str) else x.result()) for n, size, x in self._members]
+        self._bytes_member(TRAILER_MEMBER, encode_trailer(self._index_xxh3, members))
         end = len(self._tail) + 2 * 512
         self.out.write(self._tail + b"\0" * (2 * 512 + (-(self.out.pos + end) % RECORD)))
         self.out.commit()

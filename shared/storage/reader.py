@@ -21,6 +21,7 @@ import fnmatch
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ..digest import Digest, digest_of, xxh3_of
@@ -76,6 +77,9 @@ class ScanOptions:
     selection: Selection = field(default_factory=Selection)
     skip_broken: bool = False
     jobs: int = 0  # 0: one per core
+    #: leave blob hashing to :class:`TreeSource`, which hashes just ahead of the copy and raises at the end
+    #: if a blob is wrong (missing or unreadable things are still found by the walk, before any output)
+    defer_hashing: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,11 @@ class ScanResult:
     catalog: Catalog
     #: digest -> where its bytes are (every bundled blob and manifest)
     extents: Mapping[str, Extent]
-    #: digest -> xxh3-128 of its bytes, computed while verifying
+    #: digest -> xxh3-128 of its bytes, computed while verifying (manifests only, while hashing is deferred)
     xxh3: Mapping[str, str]
     broken: tuple[BrokenImage, ...]
+    #: the blob hashing still to do, when deferred
+    pending: _Hasher | None = None
 
 
 @dataclass
@@ -258,21 +264,23 @@ class _Hasher:
 
     def __init__(self, jobs: int, on_progress: ProgressCallback) -> None:
         self._jobs_n = jobs
-        self._jobs: list[HashJob] = []
-        self._seen: set[str] = set()
+        self._jobs: dict[str, HashJob] = {}
         self._on_progress = on_progress
+        self._pool: HashPool | None = None
         self.total = self.done = 0
         self.xxh3: dict[str, str] = {}
         self.bad: dict[str, str] = {}
+        #: digest -> its xxh3 once hashed (for a sink that copies while this hashes)
+        self.futures: dict[str, Future[str]] = {}
 
     def add(self, digest: str, ext: Extent) -> None:
-        if digest in self._seen:
+        if digest in self._jobs:
             return
-        self._seen.add(digest)
         self.total += ext.size
-        self._jobs.append(
-            HashJob(digest, ((ext.path, ext.offset, ext.size),), ext.size, digest.split(":", 1)[0])
+        self._jobs[digest] = HashJob(
+            digest, ((ext.path, ext.offset, ext.size),), ext.size, digest.split(":", 1)[0]
         )
+        self.futures[digest] = Future()
 
     def _result(self, job: HashJob, h: RangeHashes | OSError) -> None:
         d = job.key
@@ -285,15 +293,26 @@ class _Hasher:
                 self.bad[d] = f"blob bytes hash to {h.digest}"
             assert h.xxh3 is not None  # asked for: the bundle trailer needs it
             self.xxh3[d] = h.xxh3
+        self.futures[d].set_result(self.xxh3.get(d, ""))
         self.done += job.size
         self._on_progress(Progress("verify source", self.done, self.total, files=len(self.xxh3)))
 
+    def start(self, order: list[str] | None = None) -> None:
+        """Hash on the pool's threads; ``order`` (default: largest first, so no core ends alone on the
+        biggest layer) lets a copy in that order find each blob just read into the page cache."""
+        self._pool = HashPool(self._jobs_n, self._result)
+        keys = order if order is not None else sorted(self._jobs, key=lambda d: -self._jobs[d].size)
+        for d in keys:
+            job = self._jobs.get(d)
+            if job is not None:
+                self._pool.add(job)
+        self._pool.flush()
+
     def finish(self) -> None:
-        pool = HashPool(self._jobs_n, self._result)
-        # largest first, so the pool does not end with one core hashing the biggest layer alone
-        for job in sorted(self._jobs, key=lambda j: -j.size):
-            pool.add(job)
-        pool.finish()
+        if self._pool is None:
+            self.start()
+        assert self._pool is not None
+        self._pool.finish()
 
 
 def _walk_repository(
@@ -351,7 +370,10 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     skipped: list[Skipped] = []
     hasher = _Hasher(options.jobs or os.cpu_count() or 1, on_progress)
     _walk(tree, sel, roots, skipped, hasher, on_progress)
-    hasher.finish()
+    defer = options.defer_hashing and not any(r.problems for r in roots)
+    if not defer:
+        # a broken image is reported with everything else that is wrong: hash before deciding
+        hasher.finish()
     blob_xxh3, bad_blobs = hasher.xxh3, hasher.bad
 
     broken: list[BrokenImage] = []
@@ -371,7 +393,7 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
         raise BrokenImages(tuple(broken))
     skipped += [Skipped(b.repository, b.tag, b.digest, b.reason, b.missing) for b in broken]
 
-    return _build(tree, good, skipped, blob_xxh3, tuple(broken))
+    return _build(tree, good, skipped, blob_xxh3, tuple(broken), hasher if defer else None)
 
 
 def _build(
@@ -380,6 +402,7 @@ def _build(
     skipped: list[Skipped],
     blob_xxh3: dict[str, str],
     broken: tuple[BrokenImage, ...],
+    pending: _Hasher | None,
 ) -> ScanResult:
     manifests: dict[str, Manifest] = {}
     blobs: dict[str, Blob] = {}
@@ -411,7 +434,9 @@ def _build(
                 ext = tree.blob_extent(d)
                 assert ext is not None
                 blobs[d] = Blob(d, ext.size, "")
-                extents[d], xxh3[d] = ext, blob_xxh3[d]
+                extents[d] = ext
+                if pending is None:
+                    xxh3[d] = blob_xxh3[d]
     # media types come from the manifests that reference the blob (storage does not keep them)
     for m in manifests.values():
         info = tree._manifests[m.digest].info
@@ -426,20 +451,44 @@ def _build(
         untagged = tuple(r.digest for r in rs if r.tag is None)
         repos.append(Repository(name, tags, tuple(held), untagged))
     catalog = Catalog(tuple(repos), manifests, blobs, tuple(skipped))
-    return ScanResult(catalog, extents, xxh3, broken)
+    return ScanResult(catalog, extents, xxh3, broken, pending)
 
 
 class TreeSource:
-    """A scanned storage tree as an :class:`~shared.store.ImageSource`; all content is pre-verified."""
+    """A scanned storage tree as an :class:`~shared.store.ImageSource`.
+
+    All content is verified: before the copy, or, when the scan deferred hashing, on threads running just
+    ahead of it (a blob is read from disk once, then copied from the page cache) with :class:`BrokenImages`
+    raised at the end of :meth:`contents` if any blob did not match, so the sink aborts and nothing is left.
+    """
 
     def __init__(self, result: ScanResult) -> None:
         self.catalog = result.catalog
         self._result = result
 
     def contents(self) -> Iterator[BlobContent]:
-        for d in self.catalog.blob_order() + self.catalog.manifest_order():
-            ext = self._result.extents[d]
-            yield BlobContent(d, ext.size, (ext,), verified=True, xxh3=self._result.xxh3[d])
+        pending = self._result.pending
+        blobs = self.catalog.blob_order()
+        if pending is not None:
+            pending.start(blobs)
+        try:
+            for d in blobs + self.catalog.manifest_order():
+                ext = self._result.extents[d]
+                x = self._result.xxh3.get(d)
+                later = pending.futures.get(d) if pending is not None and x is None else None
+                yield BlobContent(d, ext.size, (ext,), verified=True, xxh3=x, xxh3_later=later)
+        finally:
+            if pending is not None:
+                pending.finish()
+        if pending is not None and pending.bad:
+            raise BrokenImages(tuple(self._broken(pending.bad)))
+
+    def _broken(self, bad: Mapping[str, str]) -> Iterator[BrokenImage]:
+        for image in self.catalog.images():
+            wrong = [d for d in self.catalog.closure(image.digest) if d in bad]
+            if wrong:
+                reason = "; ".join(sorted({bad[d] for d in wrong}))
+                yield BrokenImage(image.repository, image.tag, image.digest, reason, tuple(wrong))
 
 
 __all__ = ["ScanOptions", "ScanResult", "Selection", "TreeSource", "scan"]

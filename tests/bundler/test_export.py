@@ -212,6 +212,23 @@ def test_broken_image_stops_export_and_names_every_broken_image(
     assert tags_of(c)["team/app"] == {t: d for t, d in zoo.served["team/app"].items() if t != "tmp"}
 
 
+def test_a_blob_found_wrong_while_copying_leaves_no_bundle(zoo: Zoo, zoo_copy: Path, tmp_path: Path) -> None:
+    # only a flipped byte: the walk sees nothing wrong, so the export hashes alongside the copy and finds it
+    # at the end; the half-written bundle must go, and --skip-broken must export again without the image
+    with Bundle.open(_bundle_of(zoo, tmp_path)) as b:
+        layer = b.catalog.manifests[zoo.served["weird"]["link"]].blobs[1]
+        affected = {i.ref for i in b.catalog.images() if layer in b.catalog.closure(i.digest)}
+    _break(zoo_copy, layer, "flip")
+    out = tmp_path / "late.tar"
+    with pytest.raises(BrokenImages) as e:
+        export(zoo_copy, out)
+    assert {b.ref for b in e.value.broken} == affected and all(b.missing == (layer,) for b in e.value.broken)
+    assert "hash to" in e.value.broken[0].reason
+    assert not list(tmp_path.glob("late.tar*"))  # neither the bundle nor its .partial
+    c = validate_bundle(export(zoo_copy, out, skip_broken=True))
+    assert {s.ref for s in c.skipped} == affected and layer not in c.blobs
+
+
 def _bundle_of(zoo: Zoo, tmp_path: Path) -> Path:
     return export(zoo.root, tmp_path / "ref.tar")
 
