@@ -317,11 +317,12 @@ class VolumeSet(io.RawIOBase):
     def read_exact(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset`` (fewer only at the end of the data)."""
         pieces = list(self.extents(offset, size))
-        if len(pieces) == 1 and size <= 1 << 16:
-            # small reads (tar headers) come from the mapping: no system call, so no GIL hand-off to the
-            # hashing threads for each of thousands of headers
+        if len(pieces) == 1 and size <= 1 << 16 and pieces[0][0] in self._maps:
+            # small reads (tar headers) from a volume already mapped for hashing (verify): no system call,
+            # so no GIL hand-off to the hashing threads for each of thousands of headers.  Nothing is
+            # mapped just for this: restore and push read headers with pread and keep their memory small
             i, e = pieces[0]
-            return bytes(self._map(i)[e.offset : e.offset + e.size])
+            return bytes(self._maps[i][e.offset : e.offset + e.size])
         buf = bytearray(size)
         n = self.pread_into(memoryview(buf), offset)
         return bytes(buf[:n])
@@ -336,13 +337,7 @@ class VolumeSet(io.RawIOBase):
     def _map(self, i: int) -> memoryview:
         view = self._maps.get(i)
         if view is None:
-            # populated at once: one call maps every page already cached, instead of a fault per 4 KiB
-            mm = mmap.mmap(
-                self._fds[i],
-                self.volumes[i].size,
-                flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                prot=mmap.PROT_READ,
-            )
+            mm = mmap.mmap(self._fds[i], self.volumes[i].size, prot=mmap.PROT_READ)
             view = self._maps[i] = memoryview(mm)
             self._mms.append(mm)
         return view
