@@ -48,6 +48,8 @@ from .paths import (
 log = logging.getLogger(__name__)
 
 LINK_MAX = 200
+#: blobs from this size on are hashed alongside the copy when hashing is deferred; smaller ones before it
+DEFER_MIN = 1 << 20
 #: larger than any registry accepts (distribution: 4 MiB by default), small enough to never exhaust memory
 MANIFEST_MAX = 32 << 20
 
@@ -297,6 +299,18 @@ class _Hasher:
         self.done += job.size
         self._on_progress(Progress("verify source", self.done, self.total, files=len(self.xxh3)))
 
+    def hash_small(self) -> None:
+        """Hash now every blob below :data:`DEFER_MIN`, leaving the large ones for :meth:`start`.
+
+        Small blobs cost per item (Python bookkeeping, a system call each), which is what slows a writer
+        sharing the GIL with them; large ones cost per byte, in C without the GIL: those overlap well."""
+        small = [j for j in self._jobs.values() if j.size < DEFER_MIN]
+        pool = HashPool(self._jobs_n, self._result)
+        for job in small:
+            pool.add(job)
+            del self._jobs[job.key]
+        pool.finish()
+
     def start(self, order: list[str] | None = None) -> None:
         """Hash on the pool's threads; ``order`` (default: largest first, so no core ends alone on the
         biggest layer) lets a copy in that order find each blob just read into the page cache."""
@@ -371,6 +385,9 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     hasher = _Hasher(options.jobs or os.cpu_count() or 1, on_progress)
     _walk(tree, sel, roots, skipped, hasher, on_progress)
     defer = options.defer_hashing and not any(r.problems for r in roots)
+    if defer:
+        hasher.hash_small()
+        defer = not hasher.bad
     if not defer:
         # a broken image is reported with everything else that is wrong: hash before deciding
         hasher.finish()
