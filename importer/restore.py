@@ -7,7 +7,6 @@ then Harbor is told (Redis cache, projects, sync) or the exact next steps are li
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -16,12 +15,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.bundle.source import open_source
-from shared.digest import Digest
 from shared.errors import UsageError
 from shared.model import Catalog
 from shared.progress import ProgressCallback, no_progress
-from shared.storage.paths import BlobData, StorageLayout, TagCurrentLink, TagsDir
-from shared.storage.writer import Owner, StorageTreeSink, blob_folders
+from shared.storage.paths import StorageLayout, TagsDir
+from shared.storage.writer import Owner, StorageTreeSink, blob_present, existing_blobs, tag_target
 from shared.transfer import copy
 
 from . import harbor1
@@ -111,18 +109,15 @@ class RestoreResult:
         return d
 
 
-def plan(catalog: Catalog, root: Path) -> Plan:
+def plan(catalog: Catalog, root: Path, existing: set[str] | None = None) -> Plan:
+    """What a restore into ``root`` would write; ``existing`` is :func:`existing_blobs` when already listed."""
     layout = StorageLayout.for_root(root)
-    digests = [*catalog.blobs, *catalog.manifests]
-    folders = blob_folders(layout, {d.split(":", 1)[0] for d in digests})
+    if existing is None:
+        existing = existing_blobs(layout, catalog)
     write = present = nbytes = 0
-    for d in digests:
+    for d in [*catalog.blobs, *catalog.manifests]:
         size = catalog.size_of(d)
-        there = False
-        if d in folders:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                there = os.stat(layout.path(BlobData(Digest.parse(d)))).st_size == size
-        if there:
+        if blob_present(layout, existing, d, size):
             present += 1
         else:
             write += 1
@@ -132,12 +127,8 @@ def plan(catalog: Catalog, root: Path) -> Plan:
         if not os.path.isdir(layout.path(TagsDir(repo.name))):
             continue  # a repository without tags yet: nothing to move, and no open per tag
         for tag, d in repo.tags.items():
-            try:
-                with open(layout.path(TagCurrentLink(repo.name, tag)), "rb") as f:
-                    old = f.read(200).decode("ascii", "replace")
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if old != d:
+            old = tag_target(layout, repo.name, tag)
+            if old is not None and old != d:
                 moves.append(f"{repo.name}:{tag}")
     return Plan(
         repositories=len(catalog.repositories),
@@ -174,7 +165,9 @@ def run(
     source = open_source(opts.bundle, stdin)
     try:
         catalog = source.catalog
-        the_plan = plan(catalog, opts.root)
+        # listed once, for the plan and for the writer
+        existing = existing_blobs(StorageLayout.for_root(opts.root), catalog)
+        the_plan = plan(catalog, opts.root, existing)
         projects, orphans = harbor1.projects_of([r.name for r in catalog.repositories])
         if opts.dry_run:
             return RestoreResult(
@@ -186,7 +179,7 @@ def run(
                 seconds=time.monotonic() - started,
             )
         opts.root.mkdir(parents=True, exist_ok=True)
-        sink = StorageTreeSink(str(opts.root), owner=opts.owner, jobs=opts.jobs)
+        sink = StorageTreeSink(str(opts.root), owner=opts.owner, jobs=opts.jobs, existing=existing)
         copy(source, sink, on_progress=on_progress)
     finally:
         source.close()

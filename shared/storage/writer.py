@@ -75,7 +75,9 @@ class RestoreStats:
 class StorageTreeSink:
     """Writes images into the storage tree at ``root`` (the registry's ``rootdirectory``)."""
 
-    def __init__(self, root: str, *, owner: Owner | None, jobs: int = 0) -> None:
+    def __init__(
+        self, root: str, *, owner: Owner | None, jobs: int = 0, existing: set[str] | None = None
+    ) -> None:
         self.layout = StorageLayout.for_root(root)
         self.owner = owner
         self.stats = RestoreStats()
@@ -84,8 +86,9 @@ class StorageTreeSink:
         self._known: set[str] = set()
         #: folders this run created: nothing can be in them that this run did not write
         self._fresh_dirs: set[str] = set()
-        #: digests with a folder under blobs/ when the run began (listed once, not stat-ed one by one)
-        self._present: set[str] = set()
+        #: digests with a folder under blobs/ when the run began (:func:`existing_blobs`; listed at begin
+        #: unless the caller already did)
+        self._present: set[str] | None = existing
         self._pool = ThreadPoolExecutor(
             max_workers=jobs or os.cpu_count() or 1, thread_name_prefix="ferry-restore"
         )
@@ -183,14 +186,6 @@ class StorageTreeSink:
         return True
 
     # -- blobs -----------------------------------------------------------------------------------
-    def _has_data(self, digest: str, size: int) -> bool:
-        if digest not in self._present:
-            return False
-        try:
-            return os.stat(self.layout.path(BlobData(Digest.parse(digest)))).st_size == size
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-
     def _write_data(self, content: BlobContent) -> None:
         path = self.layout.path(BlobData(Digest.parse(content.digest)))
         with self._atomic(path) as fd:
@@ -265,7 +260,8 @@ class StorageTreeSink:
 
     # -- the sink protocol -----------------------------------------------------------------------
     def begin(self, catalog: Catalog) -> None:
-        self._present = blob_folders(self.layout, {d.split(":", 1)[0] for d in catalog.blobs})
+        if self._present is None:
+            self._present = existing_blobs(self.layout, catalog)
         v2 = self.layout.v2
         self._dirs(f"{v2}/repositories/.")
         self._dirs(f"{v2}/blobs/.")
@@ -306,7 +302,8 @@ class StorageTreeSink:
             self._pending.append(self._pool.submit(_run_all, batch))
 
     def _write_one(self, repos: Sequence[str], content: BlobContent, blob: bool) -> None:
-        if self._has_data(content.digest, content.size):
+        assert self._present is not None, "begin() lists the existing blobs"
+        if blob_present(self.layout, self._present, content.digest, content.size):
             with self._lock:
                 self.stats.blobs_present += 1
         else:
@@ -325,13 +322,12 @@ class StorageTreeSink:
     def _write_tag(self, repo: str, tag: str, digest: str) -> None:
         d = Digest.parse(digest)
         current = self.layout.path(TagCurrentLink(repo, tag))
-        old = None
-        if self.layout.path(TagsDir(repo)) not in self._fresh_dirs:
-            try:
-                with open(current, "rb") as f:
-                    old = f.read(200).decode("ascii", "replace")
-            except (FileNotFoundError, NotADirectoryError):
-                pass
+        # in a tags folder this run created, no tag existed before
+        old = (
+            None
+            if self.layout.path(TagsDir(repo)) in self._fresh_dirs
+            else tag_target(self.layout, repo, tag)
+        )
         self._write_small(self.layout.path(TagIndexEntryLink(repo, tag, d)), digest.encode())
         written = self._write_small(current, digest.encode())
         with self._lock:
@@ -371,11 +367,11 @@ class StorageTreeSink:
         self._sources.clear()
 
 
-def blob_folders(layout: StorageLayout, algorithms: set[str]) -> set[str]:
+def existing_blobs(layout: StorageLayout, catalog: Catalog) -> set[str]:
     """Digests that have a folder under ``blobs/``: one listing per prefix folder instead of a stat per blob
     (on a fresh target, one failed call in all)."""
     out: set[str] = set()
-    for alg in algorithms:
+    for alg in {d.split(":", 1)[0] for d in (*catalog.blobs, *catalog.manifests)}:
         try:
             prefixes = list(os.scandir(layout.path(BlobsDir(alg))))
         except (FileNotFoundError, NotADirectoryError):
@@ -385,6 +381,25 @@ def blob_folders(layout: StorageLayout, algorithms: set[str]) -> set[str]:
                 with os.scandir(p.path) as blobs:
                     out.update(f"{alg}:{b.name}" for b in blobs)
     return out
+
+
+def blob_present(layout: StorageLayout, existing: set[str], digest: str, size: int) -> bool:
+    """Whether the blob's data is in place with the right size (``existing`` from :func:`existing_blobs`)."""
+    if digest not in existing:
+        return False
+    try:
+        return os.stat(layout.path(BlobData(Digest.parse(digest)))).st_size == size
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def tag_target(layout: StorageLayout, repo: str, tag: str) -> str | None:
+    """What a tag's ``current/link`` holds now, or None when the tag does not exist."""
+    try:
+        with open(layout.path(TagCurrentLink(repo, tag)), "rb") as f:
+            return f.read(200).decode("ascii", "replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _run_all(batch: list[Callable[[], None]]) -> None:
@@ -406,4 +421,12 @@ def _os_error(e: OSError, path: str) -> OutputError:
     return OutputError(f"{path}: {e.strerror}")
 
 
-__all__ = ["SMALL_BLOB", "Owner", "RestoreStats", "StorageTreeSink", "blob_folders"]
+__all__ = [
+    "SMALL_BLOB",
+    "Owner",
+    "RestoreStats",
+    "StorageTreeSink",
+    "blob_present",
+    "existing_blobs",
+    "tag_target",
+]
