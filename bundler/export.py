@@ -97,21 +97,24 @@ def _write(
     return out
 
 
-def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> ExportResult:
-    started = time.monotonic()
+def _scan(
+    opts: ExportOptions, on_progress: ProgressCallback, *, defer_hashing: bool, skip_broken: bool
+) -> tuple[ScanResult, TreeFS]:
     fs = open_tree(opts.root)
     log.info("scanning %s", fs.description)
     try:
-        # blobs are hashed alongside the copy, just ahead of it; a wrong one aborts the bundle at the end
-        result = scan(
-            fs,
-            ScanOptions(
-                selection=opts.selection, skip_broken=opts.skip_broken, jobs=opts.jobs, defer_hashing=True
-            ),
-            on_progress,
+        options = ScanOptions(
+            selection=opts.selection, skip_broken=skip_broken, jobs=opts.jobs, defer_hashing=defer_hashing
         )
+        return scan(fs, options, on_progress), fs
     finally:
         fs.close()  # the write phase copies by extent and needs no open view
+
+
+def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> ExportResult:
+    started = time.monotonic()
+    # blobs are hashed alongside the copy, just ahead of it; a wrong one aborts the bundle at the end
+    result, fs = _scan(opts, on_progress, defer_hashing=True, skip_broken=opts.skip_broken)
     try:
         out = _write(opts, result, fs, on_progress)
     except BrokenImages:
@@ -120,15 +123,7 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         # blobs whose bytes are wrong on disk showed only while copying: that bundle is gone; scan again,
         # hashing first, so the broken images are left out of the index this time (a rare, slower path)
         log.warning("some blobs did not match their digests; exporting again without the broken images")
-        fs = open_tree(opts.root)
-        try:
-            result = scan(
-                fs,
-                ScanOptions(selection=opts.selection, skip_broken=True, jobs=opts.jobs),
-                on_progress,
-            )
-        finally:
-            fs.close()
+        result, fs = _scan(opts, on_progress, defer_hashing=False, skip_broken=True)
         out = _write(opts, result, fs, on_progress)
     catalog = result.catalog
     return ExportResult(

@@ -398,12 +398,7 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     for r in roots:
         problems = r.problems + [(bad_blobs[d], d) for d in r.closure if d in bad_blobs]
         if problems:
-            reasons = sorted({p[0] for p in problems})
-            broken.append(
-                BrokenImage(
-                    r.repo, r.tag, r.digest, "; ".join(reasons), tuple(dict.fromkeys(p[1] for p in problems))
-                )
-            )
+            broken.append(_broken_image(r.repo, r.tag, r.digest, problems))
         else:
             good.append(r)
     if broken and not options.skip_broken:
@@ -502,10 +497,20 @@ class TreeSource:
 
     def _broken(self, bad: Mapping[str, str]) -> Iterator[BrokenImage]:
         for image in self.catalog.images():
-            wrong = [d for d in self.catalog.closure(image.digest) if d in bad]
-            if wrong:
-                reason = "; ".join(sorted({bad[d] for d in wrong}))
-                yield BrokenImage(image.repository, image.tag, image.digest, reason, tuple(wrong))
+            problems = [(bad[d], d) for d in self.catalog.closure(image.digest) if d in bad]
+            if problems:
+                yield _broken_image(image.repository, image.tag, image.digest, problems)
+
+
+def _broken_image(repo: str, tag: str | None, digest: str, problems: list[tuple[str, str]]) -> BrokenImage:
+    """One broken image from its (reason, digest at fault) pairs: each reason and digest once."""
+    return BrokenImage(
+        repo,
+        tag,
+        digest,
+        "; ".join(sorted({p[0] for p in problems})),
+        tuple(dict.fromkeys(p[1] for p in problems)),
+    )
 
 
 __all__ = ["ScanOptions", "ScanResult", "Selection", "TreeSource", "scan"]
