@@ -173,7 +173,7 @@ def report(results: dict[str, object]) -> None:
     goals = []
     print(
         f"\n{'tree':<10} {'ferry export':>13} {'tar -cf':>9} {'ratio':>6} {'MB/s':>7} {'peak MiB':>9} "
-        f"{'verify':>8} {'openssl':>8} {'speedup':>8}"
+        f"{'verify':>8} {'openssl':>8} {'speedup':>8} {'restore':>8} {'tar-x+chown':>12} {'ratio':>6}"
     )
     for name, r in results.items():
         if name == "machine" or name.startswith("push-"):
@@ -182,7 +182,8 @@ def report(results: dict[str, object]) -> None:
         print(
             f"{name:<10} {r['export_s']:>12.2f}s {r['tar_cf_s']:>8.2f}s {r['export_vs_tar']:>6.2f} "
             f"{r['export_MBps']:>7.0f} {r['export_peak_MiB']:>9.1f} {r['verify_s']:>7.2f}s "
-            f"{r['openssl_sha256_s']:>7.2f}s {r['verify_speedup_vs_openssl']:>7.2f}x"
+            f"{r['openssl_sha256_s']:>7.2f}s {r['verify_speedup_vs_openssl']:>7.2f}x "
+            f"{r['restore_s']:>7.2f}s {r['tar_xf_chown_s']:>11.2f}s {r['restore_vs_tar_xf_chown']:>6.2f}"
         )
         goals.append((f"{name}: export no slower than tar -cf (ratio <= 1.0)", r["export_vs_tar"] <= 1.0))
         goals.append((f"{name}: verify >= 1.6x openssl dgst -sha256", r["verify_speedup_vs_openssl"] >= 1.6))
