@@ -1,4 +1,4 @@
-"""The ferry bundle format, version 1.0 (specs/bundle-format.md is the normative text).
+"""The ferry bundle format, version 1.1 (specs/bundle-format.md is the normative text).
 
 A bundle is a plain, uncompressed POSIX tar:
 
@@ -6,7 +6,8 @@ A bundle is a plain, uncompressed POSIX tar:
     oci-layout                OCI image layout marker, so stock tools can read the bundle
     index.json                OCI image index naming each tagged image ``repository:tag``
     blobs/<alg>/<hex>         every config and layer once, then every manifest (children first)
-    ferry/trailer.msgpack     last: xxh3-128 of every member and of the index, so truncation shows
+    ferry/trailer.msgpack     last: xxh3-128 of every member, of the index and of all headers, so
+                              truncation and damage show
 
 Versioning: ``version`` is ``[major, minor]``.  A reader refuses a major it does not know; minor versions
 only add keys, which readers ignore.
@@ -29,7 +30,7 @@ from ..storage.paths import valid_repository, valid_tag
 
 FORMAT = "ferry-bundle"
 TRAILER_FORMAT = "ferry-bundle-trailer"
-VERSION = (1, 0)
+VERSION = (1, 1)
 INDEX_MEMBER = "ferry/index.msgpack.zst"
 TRAILER_MEMBER = "ferry/trailer.msgpack"
 OCI_LAYOUT_MEMBER = "oci-layout"
@@ -237,11 +238,12 @@ def check_version(version: Any) -> None:
         raise BundleVersionError(f"{version[0]}.{version[1]}", f"{VERSION[0]}.x")
 
 
-def encode_trailer(index_xxh3: str, members: list[tuple[str, int, str]]) -> bytes:
+def encode_trailer(index_xxh3: str, members: list[tuple[str, int, str]], headers_xxh3: str) -> bytes:
     doc = {
         "format": TRAILER_FORMAT,
         "version": list(VERSION),
         "index_xxh3": index_xxh3,
+        "headers_xxh3": headers_xxh3,
         "members": [list(m) for m in members],
     }
     return bytes(msgpack.packb(doc, use_bin_type=True))
@@ -252,15 +254,27 @@ class Trailer:
     index_xxh3: str
     #: (member name, size, xxh3-128 hex) for every member before the trailer, in tar order
     members: tuple[tuple[str, int, str], ...]
+    #: xxh3-128 of every header block before the trailer, in tar order (format 1.1; None in 1.0 bundles)
+    headers_xxh3: str | None = None
 
 
 def decode_trailer(data: bytes) -> Trailer:
     try:
-        doc = msgpack.unpackb(data, raw=False)
+        # tuples straight from the decoder: a bundle lists tens of thousands of members
+        doc = msgpack.unpackb(data, raw=False, use_list=False)
         if doc.get("format") != TRAILER_FORMAT:
             raise ValueError("not a trailer")
         check_version(doc.get("version"))
-        return Trailer(str(doc["index_xxh3"]), tuple((str(n), int(s), str(x)) for n, s, x in doc["members"]))
+        members = doc["members"]
+        if not all(
+            type(m) is tuple and len(m) == 3 and type(m[0]) is str and type(m[1]) is int and type(m[2]) is str
+            for m in members
+        ):
+            raise ValueError("a member entry is not [name, size, xxh3]")
+        headers = doc.get("headers_xxh3")
+        if headers is not None and not isinstance(headers, str):
+            raise ValueError("headers_xxh3 is not a string")
+        return Trailer(str(doc["index_xxh3"]), members, headers)
     except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
         raise BundleFormatError(f"the bundle trailer is unreadable ({e})") from None
 

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
+
 from ..errors import BundleFormatError
 from ..model import Catalog
 from .format import (
@@ -45,6 +47,9 @@ class Bundle:
         self.trailer: Trailer | None = None
         #: why the member list ends early (a damaged header), when it does
         self.scan_error: BundleFormatError | None = None
+        self._trailer_size = 0
+        #: (member, header offset) where the index said a member starts but its header did not match
+        self._suspect: tuple[str, int] | None = None
 
     @classmethod
     def open(cls, path: Path) -> Bundle:
@@ -76,16 +81,30 @@ class Bundle:
         """List every member and read the trailer, if the bundle has one.
 
         Fast path: the index says which members follow and how large they are, so every header's offset is
-        known; each is checked with one 512-byte read (name, size, type, checksum).  Anything unexpected falls
-        back to reading the tar header by header with :mod:`tarfile`, which names what is wrong."""
+        known.  A 1.1 trailer holds the xxh3 of all headers, so they are checked in one pass; otherwise each
+        is checked with one 512-byte read (name, size, type, checksum).  Anything unexpected falls back to
+        reading the tar header by header with :mod:`tarfile`, which names what is wrong."""
         if not self._scan_by_index(on_member):
             self._scan_tar(on_member)
+            # tarfile takes a header it cannot parse for the end of the archive; when it stops where the
+            # index promised a member, say so rather than letting the rest look merely truncated
+            if self._suspect is not None and self.scan_error is None:
+                name, at = self._suspect
+                if not self.members or self.members[-1].offset <= at:
+                    self.scan_error = BundleFormatError(f"the tar header of {name} is damaged", offset=at)
         last = self.members[-1] if self.members else None
-        if last is not None and last.name == TRAILER_MEMBER and last.offset + last.size <= self.data.size:
+        if (
+            self.trailer is None
+            and last is not None
+            and last.name == TRAILER_MEMBER
+            and last.offset + last.size <= self.data.size
+        ):
             self.trailer = decode_trailer(self.data.read_exact(last.offset, last.size))
 
     def _scan_by_index(self, on_member: Callable[[Member], None] | None) -> bool:
         members: list[Member] = []
+        #: (offset, length) of each member's header blocks, for the headers checksum
+        headers: list[tuple[int, int]] = []
         it = iter_members(self.data)
         try:
             for want in (INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER):
@@ -93,25 +112,60 @@ class Bundle:
                 if ti is None or ti.name != want:
                     return False
                 members.append(Member(ti.name, ti.offset_data, ti.size))
-                if on_member is not None:
-                    on_member(members[-1])
+                headers.append((ti.offset, ti.offset_data - ti.offset))
         except BundleFormatError:
             return False
         finally:
             it.close()
         pos = members[-1].offset + members[-1].size + (-members[-1].size % BLOCK)
-        for name, size in [(blob_member(d), self.catalog.size_of(d)) for d in self.order] + [
-            (TRAILER_MEMBER, -1)
-        ]:
-            hdr = self.data.read_exact(pos, BLOCK)
-            got = _plain_header(hdr, name)
-            if got is None or (size >= 0 and got != size):
+        planned = [(blob_member(d), self.catalog.size_of(d)) for d in self.order]
+        offsets = []
+        for _, size in planned:
+            offsets.append(pos)
+            pos += BLOCK + size + (-size % BLOCK)
+        trailer = self._trailer_at(pos)
+        if trailer is not None and trailer.headers_xxh3 is not None:
+            headers += [(o, BLOCK) for o in offsets]
+            x = xxhash.xxh3_128()
+            for block in self.data.read_many(headers):
+                x.update(block)
+            if x.hexdigest() == trailer.headers_xxh3:
+                members += [
+                    Member(name, o + BLOCK, size) for (name, size), o in zip(planned, offsets, strict=True)
+                ]
+                members.append(Member(TRAILER_MEMBER, pos + BLOCK, self._trailer_size))
+                self.trailer = trailer
+                return self._found(members, on_member)
+        # no usable headers checksum: check each header on its own
+        for (name, size), o in zip(planned, offsets, strict=True):
+            if _plain_header(self.data.read_exact(o, BLOCK), name) != size:
+                if o + BLOCK <= self.data.size:  # else the file just ends there: truncated, not damaged
+                    self._suspect = (name, o)
                 return False
-            members.append(Member(name, pos + BLOCK, got))
-            if on_member is not None:
-                on_member(members[-1])
-            pos += BLOCK + got + (-got % BLOCK)
+            members.append(Member(name, o + BLOCK, size))
+        if trailer is None:
+            return False
+        members.append(Member(TRAILER_MEMBER, pos + BLOCK, self._trailer_size))
+        self.trailer = trailer
+        return self._found(members, on_member)
+
+    def _trailer_at(self, pos: int) -> Trailer | None:
+        """The trailer whose header is at ``pos``, or None if something else (or nothing) is there."""
+        size = _plain_header(self.data.read_exact(pos, BLOCK), TRAILER_MEMBER)
+        if size is None or pos + BLOCK + size > self.data.size:
+            return None
+        try:
+            trailer = decode_trailer(self.data.read_exact(pos + BLOCK, size))
+        except BundleFormatError:
+            return None
+        self._trailer_size = size
+        return trailer
+
+    def _found(self, members: list[Member], on_member: Callable[[Member], None] | None) -> bool:
         self.members = members
+        if on_member is not None:
+            for m in members:
+                on_member(m)
         return True
 
     def _scan_tar(self, on_member: Callable[[Member], None] | None) -> None:

@@ -45,10 +45,18 @@ class BundleSink:
         self._bytes = 0
         #: the previous member's padding, sent with the next header in one write
         self._tail = b""
+        #: every header before the trailer, hashed as written: lets a reader check them all in one pass
+        self._headers = xxhash.xxh3_128()
+
+    def _header(self, name: str, size: int) -> bytes:
+        header = tar_header(name, size, self.mtime)
+        if name != TRAILER_MEMBER:
+            self._headers.update(header)
+        return header
 
     def _bytes_member(self, name: str, data: bytes) -> str:
         x = xxh3_of(data)
-        self.out.write(self._tail + tar_header(name, len(data), self.mtime) + data)
+        self.out.write(self._tail + self._header(name, len(data)) + data)
         self._tail = padding(len(data))
         if name != TRAILER_MEMBER:
             self._members.append((name, len(data), x))
@@ -63,7 +71,7 @@ class BundleSink:
         if content.digest in self._written:
             return
         name = blob_member(content.digest)
-        self.out.write(self._tail + tar_header(name, content.size, self.mtime))
+        self.out.write(self._tail + self._header(name, content.size))
         x: str | Future[str]
         known = content.xxh3 if content.xxh3 is not None else content.xxh3_later
         if content.verified and known is not None and content.extents:
@@ -99,7 +107,9 @@ class BundleSink:
 
     def commit(self) -> SinkResult:
         members = [(n, size, x if isinstance(x, str) else x.result()) for n, size, x in self._members]
-        self._bytes_member(TRAILER_MEMBER, encode_trailer(self._index_xxh3, members))
+        self._bytes_member(
+            TRAILER_MEMBER, encode_trailer(self._index_xxh3, members, self._headers.hexdigest())
+        )
         end = len(self._tail) + 2 * 512
         self.out.write(self._tail + b"\0" * (2 * 512 + (-(self.out.pos + end) % RECORD)))
         self.out.commit()

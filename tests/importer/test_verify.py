@@ -84,6 +84,46 @@ def test_flipped_byte_in_the_index_is_caught(bundle: Path, tmp_path: Path) -> No
         verify(VerifyOptions(path=bad))
 
 
+def test_damaged_tar_header_is_named(zoo: Zoo, bundle: Path, tmp_path: Path) -> None:
+    # a flipped byte in a header's mtime: name and size still read right, so only the headers checksum of
+    # the trailer (or the tar checksum) can notice; tar itself would stop there
+    bad = _copy(bundle, tmp_path / "bad.tar")
+    digest = zoo.served["team/app"]["v1"]
+    off, _ = _member_offset(bad, digest)
+    _flip(bad, off - 512 + 136)
+    with pytest.raises(BundleDamaged) as e:
+        verify(VerifyOptions(path=bad))
+    reasons = [str(p["problem"]) for p in e.value.problems]
+    assert f"the tar header of {blob_member(digest)} is damaged at byte {off - 512}" in reasons
+
+
+def test_bundle_without_headers_checksum_still_verifies(
+    zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a format 1.0 trailer has no headers_xxh3: every header is then checked on its own
+    import shared.bundle.writer as writer
+
+    real = writer.encode_trailer
+
+    def v10(index_xxh3: str, members: list[tuple[str, int, str]], headers_xxh3: str) -> bytes:
+        doc = msgpack.unpackb(real(index_xxh3, members, headers_xxh3))
+        del doc["headers_xxh3"]
+        doc["version"] = [1, 0]
+        return bytes(msgpack.packb(doc))
+
+    monkeypatch.setattr(writer, "encode_trailer", v10)
+    old = tmp_path / "v10.tar"
+    export(ExportOptions(root=zoo.root, output=old))
+    with Bundle.open(old) as b:
+        b.scan()
+        assert b.trailer is not None and b.trailer.headers_xxh3 is None
+    assert verify(VerifyOptions(path=old)).images > 15
+    off, size = _member_offset(old, zoo.served["team/app"]["v1"])
+    _flip(old, off + size // 2)
+    with pytest.raises(BundleDamaged):
+        verify(VerifyOptions(path=old))
+
+
 def test_truncated_bundle_names_the_missing_members(bundle: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.tar"
     cut.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
