@@ -23,8 +23,9 @@ from shared.bundle.format import (
     member_digest,
 )
 from shared.bundle.reader import Bundle, Member
+from shared.digest import xxh3_of
 from shared.errors import BundleDamaged
-from shared.hashing import HashJob, HashPool, RangeHashes
+from shared.hashing import Check, check_mapped
 from shared.progress import Progress, ProgressCallback, no_progress
 
 
@@ -61,37 +62,34 @@ class VerifyResult:
 def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> VerifyResult:
     started = time.monotonic()
     with Bundle.open(opts.path) as b:
+        # every byte gets read: hash straight from the page cache, and read the headers from there too
+        b.data.map_all()
+        b.scan()
         catalog = b.catalog
-        sizes = {blob_member(d): catalog.size_of(d) for d in b.order}
         total = catalog.total_bytes
-        hashes: dict[str, RangeHashes | OSError] = {}
-        queued: dict[str, Member] = {}
-        done = 0
+        members: dict[str, Member] = {}
+        for m in b.members:
+            if m.name != TRAILER_MEMBER:
+                members.setdefault(m.name, m)
+        trailer = {n: x for n, _, x in b.trailer.members} if b.trailer else {}
+        checks: list[Check] = []
+        for name, m in members.items():
+            digest = member_digest(name)
+            if name == INDEX_MEMBER or m.offset + m.size > b.data.size:
+                continue  # the index is checked below; a truncated member is named without reading it
+            if digest is not None and not opts.quick:
+                # a blob's sha256 checked against its name proves its bytes: its xxh3 would add nothing
+                alg, hexa = digest.split(":", 1)
+                checks.append((name, b.data.pieces(m.offset, m.size), alg, hexa))
+            elif name in trailer:
+                checks.append((name, b.data.pieces(m.offset, m.size), None, trailer[name]))
 
-        def result(job: HashJob, h: RangeHashes | OSError) -> None:
-            nonlocal done
-            hashes[job.key] = h
-            done += job.size
-            on_progress(Progress("verify", done, total, files=len(hashes)))
-
-        # members are hashed as the scan finds them, so reading headers overlaps with hashing
-        pool = HashPool(opts.jobs or os.cpu_count() or 1, result)
-
-        def hash_member(m: Member) -> None:
-            if m.name == TRAILER_MEMBER or m.name in queued:
-                return
-            queued[m.name] = m
-            digest = member_digest(m.name)
-            alg = None if opts.quick or digest is None else digest.split(":", 1)[0]
-            # a blob's sha256 checked against its name proves its bytes: its xxh3 would add nothing
-            pool.add(HashJob(m.name, tuple(b.data.pieces(m.offset, m.size)), m.size, alg, xxh3=alg is None))
+        def done(n_bytes: int, n_items: int) -> None:
+            on_progress(Progress("verify", n_bytes, total, files=n_items))
 
         on_progress(Progress("verify", 0, total))
-        try:
-            b.scan(on_member=hash_member)
-        finally:
-            pool.finish()
-        problems = _problems(b, sizes, hashes, queued)
+        bad = check_mapped(checks, opts.jobs or os.cpu_count() or 1, done)
+        problems = _problems(b, members, bad)
         if problems:
             n_bad = len({p["member"] for p in problems})
             broken = {i for p in problems for i in p.get("images", [])}  # type: ignore[attr-defined]
@@ -111,11 +109,14 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
 
 
 def _problems(
-    b: Bundle, sizes: dict[str, int], hashes: dict[str, RangeHashes | OSError], hashed: dict[str, Member]
+    b: Bundle, members: dict[str, Member], bad: dict[str, tuple[str | None, str]]
 ) -> list[dict[str, object]]:
-    """Everything wrong with the bundle, each naming its member, volume(s) and the images it breaks."""
+    """Everything wrong with the bundle, each naming its member, volume(s) and the images it breaks.
+
+    ``members`` is the first member of each name; ``bad`` maps each member whose bytes did not match to
+    what they hash to: (its digest's algorithm, hex) for a blob, (None, xxh3) for one checked against the
+    trailer."""
     problems: list[dict[str, object]] = []
-    images_of = _images_by_digest(b)
     end = b.data.size
 
     def problem(member: str | None, what: str, offset: int, size: int, digest: str | None = None) -> None:
@@ -126,7 +127,6 @@ def _problems(
         }
         if digest is not None:
             entry["digest"] = digest
-            entry["images"] = images_of.get(digest, [])
         problems.append(entry)
 
     # volumes: all but the last must be exactly volume_size (a byte split)
@@ -142,6 +142,7 @@ def _problems(
                     }
                 )
 
+    sizes = {blob_member(d): b.catalog.size_of(d) for d in b.order}
     expected = [INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER, *sizes]
     expected_set = set(expected)
     seen: set[str] = set()
@@ -154,15 +155,15 @@ def _problems(
             problem(m.name, "unexpected member (not in the index)", m.offset, m.size)
         seen.add(m.name)
     for name in expected:
-        if name not in seen:
+        first = members.get(name)
+        if first is None:
             problem(name, "missing (bundle truncated or altered)", end, 0, member_digest(name))
-        elif name in sizes and hashed[name].size != sizes[name]:
-            m = hashed[name]
+        elif name in sizes and first.size != sizes[name]:
             problem(
                 name,
-                f"is {m.size} bytes, the index says {sizes[name]}",
-                m.offset,
-                m.size,
+                f"is {first.size} bytes, the index says {sizes[name]}",
+                first.offset,
+                first.size,
                 member_digest(name),
             )
     if b.scan_error is not None:
@@ -171,23 +172,39 @@ def _problems(
         problem(TRAILER_MEMBER, "trailer missing: the bundle is truncated", end, 0)
     trailer = {n: x for n, _, x in b.trailer.members} if b.trailer else {}
 
-    for name, h in hashes.items():
-        m = hashed[name]
+    for name, m in members.items():
+        if m.offset + m.size > end:
+            present = max(0, end - m.offset)
+            problem(
+                name, f"truncated: {present} of {m.size} bytes present", m.offset, m.size, member_digest(name)
+            )
+    index = members.get(INDEX_MEMBER)
+    if index is not None and b.trailer is not None and index.offset + index.size <= end:
+        x = xxh3_of(b.data.read_exact(index.offset, index.size))
+        if INDEX_MEMBER in trailer and trailer[INDEX_MEMBER] != x:
+            problem(
+                INDEX_MEMBER,
+                "xxh3 does not match the trailer (bytes changed in transit)",
+                index.offset,
+                index.size,
+            )
+        if x != b.trailer.index_xxh3:
+            problem(INDEX_MEMBER, "index checksum does not match the trailer", index.offset, index.size)
+    for name, (alg, got) in bad.items():
+        m = members[name]
         digest = member_digest(name)
-        if isinstance(h, OSError):
-            problem(name, f"unreadable ({h.strerror})", m.offset, m.size, digest)
-            continue
-        if h.size != m.size:
-            problem(name, f"truncated: {h.size} of {m.size} bytes present", m.offset, m.size, digest)
-            continue
-        if name in trailer and h.xxh3 is not None and trailer[name] != h.xxh3:
+        if alg is not None:
+            problem(name, f"content hashes to {alg}:{got}", m.offset, m.size, digest)
+        else:
             problem(
                 name, "xxh3 does not match the trailer (bytes changed in transit)", m.offset, m.size, digest
             )
-        if h.digest is not None and h.digest != digest:
-            problem(name, f"content hashes to {h.digest}", m.offset, m.size, digest)
-        if name == INDEX_MEMBER and b.trailer is not None and h.xxh3 != b.trailer.index_xxh3:
-            problem(name, "index checksum does not match the trailer", m.offset, m.size)
+    if any("digest" in p for p in problems):
+        # which images each damaged blob breaks: worth walking every image only when something is damaged
+        images_of = _images_by_digest(b)
+        for p in problems:
+            if "digest" in p:
+                p["images"] = images_of.get(str(p["digest"]), [])
     return problems
 
 
