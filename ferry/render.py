@@ -2,35 +2,55 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import FerryError
 from shared.progress import Progress as ProgressEvent
 from shared.progress import ProgressCallback, no_progress
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# rich is imported where it draws: its console, progress, table and logging modules together cost about
+# 60 ms of every start, and a quiet command run from a script that succeeds draws nothing
 
 
-# rich's progress, table and logging modules are imported where they are used: together they cost 40 ms of
-# every start, and a command run from a script draws no bars
+@functools.cache
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def __getattr__(name: str) -> Console:
+    # ``render.err`` / ``render.out``: the consoles, created on first use
+    if name in ("err", "out"):
+        return _console(name == "err")
+    raise AttributeError(name)
+
+
+class _LazyRichHandler(logging.Handler):
+    """Hands records to rich's handler, importing it only when something is actually logged."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        handler = self.__dict__.get("_rich")
+        if handler is None:
+            from rich.logging import RichHandler
+
+            handler = self._rich = RichHandler(console=_console(True), show_path=False)
+            handler.setFormatter(self.formatter)
+        handler.handle(record)
 
 
 def setup_logging(verbose: int) -> None:
-    from rich.logging import RichHandler
-
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
-    )
+    logging.basicConfig(level=level, format="%(message)s", handlers=[_LazyRichHandler()])
 
 
 def print_json(doc: Any) -> None:
@@ -42,6 +62,9 @@ def render_error(e: FerryError, *, as_json: bool) -> None:
     if as_json:
         print_json({"ok": False, "error": e.to_dict()})
         return
+    from rich.markup import escape
+
+    err = _console(True)
     err.print(f"[bold red]error[/] [dim]({e.code})[/]: {e.message}", soft_wrap=True)
     details = e.to_dict()
     for b in details.get("broken", []):  # type: ignore[attr-defined]
@@ -67,7 +90,7 @@ def render_error(e: FerryError, *, as_json: bool) -> None:
 @contextmanager
 def progress(enabled: bool) -> Iterator[ProgressCallback]:
     """A progress callback drawing bars on stderr, or a no-op when disabled or stderr is not a terminal."""
-    if not enabled or not err.is_terminal:
+    if not enabled or not _console(True).is_terminal:
         yield no_progress
         return
     from rich.progress import (
@@ -87,7 +110,7 @@ def progress(enabled: bool) -> Iterator[ProgressCallback]:
         TransferSpeedColumn(),
         TextColumn("{task.fields[count]}"),
         TimeRemainingColumn(),
-        console=err,
+        console=_console(True),
         transient=False,
     )
     tasks: dict[str, TaskID] = {}
@@ -113,7 +136,7 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*r)
-    out.print(t)
+    _console(False).print(t)
 
 
 def human(n: float) -> str:
