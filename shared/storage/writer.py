@@ -94,6 +94,7 @@ class StorageTreeSink:
         )
         self._pending: list[Future[None]] = []
         self._batch: list[Callable[[], None]] = []
+        self._batch_bytes = 0
         self._manifests_begun = self._tags_begun = False
         self._tmp: set[str] = set()
         self._pid = os.getpid()
@@ -286,18 +287,22 @@ class StorageTreeSink:
             self._drain()
             self._write_one(repos, content, blob)
             return
-        self._enqueue(functools.partial(self._write_one, repos, content, blob))
+        self._enqueue(functools.partial(self._write_one, repos, content, blob), content.size)
 
-    def _enqueue(self, work: Callable[[], None]) -> None:
-        # to the pool in batches: one future per blob costs more than a small blob's copy
+    def _enqueue(self, work: Callable[[], None], size: int = 0) -> None:
+        # to the pool in batches: one future per blob costs more than a small blob's copy.  A batch closes at
+        # 32 items or 8 MiB, so large blobs spread over the threads (32 layers of 75 MB in one batch ran on
+        # one core while the others idled)
         self._batch.append(work)
-        if len(self._batch) >= 32:
+        self._batch_bytes += size
+        if len(self._batch) >= 32 or self._batch_bytes >= 8 << 20:
             self._flush()
         while len(self._pending) > 8:  # bounded work in flight; wait for the oldest only
             self._pending.pop(0).result()
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
+        self._batch_bytes = 0
         if batch:
             self._pending.append(self._pool.submit(_run_all, batch))
 
