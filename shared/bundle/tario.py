@@ -30,7 +30,26 @@ def volume_name(path: Path, n: int) -> Path:
     return path.with_name(f"{path.name}.{n:03d}")
 
 
+#: the fields of a ferry member's ustar header after mtime, as tarfile writes them: type ``0``, no link
+#: name, ``ustar\0`` ``00``, owner root:root, empty device fields and prefix, padding to the block
+_USTAR_TAIL = b"0" + b"\0" * 100 + b"ustar\x0000" + b"root".ljust(32, b"\0") * 2 + b"\0" * 183
+_USTAR_TAIL_SUM = sum(_USTAR_TAIL) + 8 * 32  # the checksum counts its own field as eight spaces
+
+
 def tar_header(name: str, size: int, mtime: int) -> bytes:
+    """The header block(s) for a regular member: byte for byte what :mod:`tarfile` writes.
+
+    A plain ustar block is built here directly (a bundle has one per blob, and tarfile takes about 15 µs
+    each); anything ustar cannot hold (a long or non-ASCII name, 8 GiB or more) goes to tarfile, which adds
+    a pax extended header."""
+    if size < 8**11 and 0 <= mtime < 8**11 and name.isascii() and len(name) <= 100:
+        head = (
+            name.encode().ljust(100, b"\0")
+            + b"0000644\0"
+            + b"0000000\0" * 2
+            + b"%011o\0%011o\0" % (size, mtime)
+        )
+        return head + b"%06o\0 " % (sum(head) + _USTAR_TAIL_SUM) + _USTAR_TAIL
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode = size, mtime, 0o644
     ti.uname = ti.gname = "root"
