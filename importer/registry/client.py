@@ -201,6 +201,25 @@ class RegistryClient:
             raise error_from(r, what)
         return r
 
+    def repositories(self) -> set[str] | None:
+        """Every repository the registry lists (``GET /v2/_catalog``, following ``Link: rel="next"``), or
+        None when it will not say: Harbor lists it to system administrators only, and a registry may
+        disable it.  Distribution lists a repository once a blob landed in it (it has ``_layers``)."""
+        names: set[str] = set()
+        url = self.url("/v2/_catalog?n=1000")
+        while True:
+            try:
+                r = self.request("GET", url, expect=(200,), what="list repositories")
+                doc = r.json()
+                names.update(str(n) for n in doc.get("repositories") or ())
+            except (RegistryError, ValueError, AttributeError, TypeError) as e:
+                log.info("the registry does not list its repositories (%s)", e)
+                return None
+            nxt = r.links.get("next", {}).get("url")
+            if not nxt:
+                return names
+            url = urllib.parse.urljoin(url, nxt)
+
 
 def _transport_error(e: Exception, method: str, url: str, what: str) -> RegistryError:
     text = str(e)

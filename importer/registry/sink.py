@@ -1,6 +1,7 @@
 """A registry as an :class:`~shared.store.ImageSink`: the Registry V2 push flow, concurrent and resumable.
 
-Per blob and target repository: skip it if the registry has it (HEAD), else mount it from a repository this
+Per blob and target repository: skip it if the registry has it (HEAD; not asked in a repository the
+registry's catalog does not list, which holds no blob yet), else mount it from a repository this
 run already pushed it to (``POST ?mount=&from=``; a 202 means the mount was refused and the answer is an
 upload session to continue), else upload it: monolithic up to ``chunk_size``, above that in PATCH chunks
 that always follow the newest ``Location``, closed by a PUT that carries no data.  Failed uploads restart
@@ -165,6 +166,13 @@ class RegistrySink:
         self._total_bytes = sum(b.size for b in catalog.blobs.values())
         self._images_total = sum(1 for _ in catalog.images())
         self._untagged = {(self.names[r.name], d) for r in catalog.repositories for d in r.untagged}
+        # a target repository the registry does not list holds no blob yet: asking it about each one (a
+        # HEAD per blob, a third of all requests into a fresh registry) can only answer 404.  Where the
+        # registry does not list its repositories, every blob is asked about, which is what a resumed run
+        # needs anyway
+        listed = self.client.repositories()
+        targets = {self.names[r.name] for r in catalog.repositories}
+        self._absent: set[str] = targets - listed if listed is not None else set()
         # (repository, digest) -> its tags, looked up once per manifest instead of scanning every repository
         self._tags_of: dict[tuple[str, str], list[str]] = {}
         for repo in catalog.repositories:
@@ -315,7 +323,7 @@ class RegistrySink:
         c = self.client
         with self._lock:
             source = self._where.get(d)
-        if source is None and self._has_blob(repo, d):
+        if source is None and repo not in self._absent and self._has_blob(repo, d):
             self._record(d, repo, "present")
             return
         location = None

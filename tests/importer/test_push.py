@@ -23,7 +23,7 @@ from shared.manifest import SCHEMA1_TYPES
 from shared.progress import Progress
 from shared.storage.reader import Selection
 from tests.support.harbor import HarborStandIn, TokenIssuer
-from tests.support.proxy import FaultPlan
+from tests.support.proxy import FaultPlan, Proxy
 from tests.support.registry import Registry, skopeo
 from tests.support.zoo import Zoo
 
@@ -395,6 +395,26 @@ def test_interrupted_push_resumes_without_reuploading(
         PushOptions(bundle=str(bundle), registry=basic_registry.url, credentials=Credentials(USER, PASSWORD))
     )
     assert not r.failed and r.blobs_present >= 1
+    assert served_with_auth(basic_registry) == expected(zoo)
+
+
+def test_fresh_target_gets_no_blob_checks_and_a_rerun_checks_everything(
+    zoo: Zoo, bundle: Path, basic_registry: Registry
+) -> None:
+    # the catalog says which target repositories exist: in the others no blob can be present yet
+    proxy = Proxy(basic_registry.host).start()
+    try:
+        opts = PushOptions(bundle=str(bundle), registry=proxy.url, credentials=Credentials(USER, PASSWORD))
+        first = push(opts)
+        assert not first.failed and first.blobs_uploaded > 10
+        heads = [p for m, p in proxy.log if m == "HEAD" and "/blobs/" in p]
+        assert ("GET", "/v2/_catalog?n=1000") in proxy.log and heads == []
+        proxy.log.clear()
+        second = push(opts)
+        heads = [p for m, p in proxy.log if m == "HEAD" and "/blobs/" in p]
+        assert second.blobs_uploaded == 0 and second.blobs_present == len(heads) > 10
+    finally:
+        proxy.stop()
     assert served_with_auth(basic_registry) == expected(zoo)
 
 

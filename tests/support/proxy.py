@@ -48,6 +48,8 @@ class Proxy:
         self.faults = faults or FaultPlan()
         self.route = route
         self.requests = 0
+        #: (method, path) of every request, in arrival order
+        self.log: list[tuple[str, str]] = []
 
     def start(self) -> Proxy:
         proxy = self
@@ -75,6 +77,7 @@ class Proxy:
 
             def _handle(self) -> None:
                 proxy.requests += 1
+                proxy.log.append((self.command, self.path))
                 if proxy.route is not None and proxy.route(self):
                     return
                 if proxy.upstream is None:
