@@ -19,6 +19,12 @@ Guarantees:
 
 Tags are written last by the copy algorithm, after the source confirmed it was complete, so an interrupted
 restore may leave blobs but never a tag pointing at something missing.
+
+Two processes: a registry tree is mostly tiny files and folders (the 5000-tag tree: 44k files, 61k folders),
+where Python's cost per file, not the disk, sets the pace, and threads share one interpreter lock.  So the
+``_layers`` and ``_manifests/revisions`` links are written by a forked child process while this one writes
+blob data; each link is sent to the child only once its blob or manifest landed, and tags wait until the
+child has finished.  With ``jobs=1`` everything happens in this process.
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ import errno
 import functools
 import hashlib
 import logging
+import multiprocessing
 import os
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 
 from ..digest import CHUNK, Digest
-from ..errors import DigestMismatch, DiskFull, OutputError
+from ..errors import DigestMismatch, DiskFull, FerryError, OutputError
 from ..model import Catalog, Manifest
 from ..store import BlobContent, SinkResult
 from .paths import (
@@ -89,9 +99,9 @@ class StorageTreeSink:
         #: digests with a folder under blobs/ when the run began (:func:`existing_blobs`; listed at begin
         #: unless the caller already did)
         self._present: set[str] | None = existing
-        self._pool = ThreadPoolExecutor(
-            max_workers=jobs or os.cpu_count() or 1, thread_name_prefix="ferry-restore"
-        )
+        self._jobs = jobs or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=self._jobs, thread_name_prefix="ferry-restore")
+        self._links: _LinkProcess | None = None
         self._pending: list[Future[None]] = []
         self._batch: list[Callable[[], None]] = []
         self._batch_bytes = 0
@@ -269,6 +279,9 @@ class StorageTreeSink:
         # docker/registry/v2 are ours to hand to the registry user even when they existed already
         for d in (v2, os.path.dirname(v2), os.path.dirname(os.path.dirname(v2))):
             self._chown(d)
+        if self._jobs > 1 and hasattr(os, "fork"):
+            # forked before the pool starts a thread: the child inherits no lock held mid-use
+            self._links = _LinkProcess(self)
 
     def put_blob(self, repos: Sequence[str], content: BlobContent) -> None:
         self._put(repos, content, blob=True)
@@ -313,16 +326,28 @@ class StorageTreeSink:
                 self.stats.blobs_present += 1
         else:
             self._write_data(content)
-        d = Digest.parse(content.digest)
+        if self._links is not None:
+            self._links.link(content.digest, blob, repos)
+        else:
+            self._write_links(content.digest, blob, repos)
+
+    def _write_links(self, digest: str, blob: bool, repos: Sequence[str]) -> None:
+        d = Digest.parse(digest)
         for repo in repos:
             spec = LayerLink(repo, d) if blob else ManifestRevisionLink(repo, d)
-            self._write_small(self.layout.path(spec), content.digest.encode())
+            self._write_small(self.layout.path(spec), digest.encode())
 
     def tag(self, repo: str, tag: str, digest: str) -> None:
         if not self._tags_begun:
-            self._drain()  # tags make images visible: only after every blob and manifest landed
+            # tags make images visible: only after every blob, manifest and link landed
+            self._drain()
+            if self._links is not None:
+                self._links.barrier()
             self._tags_begun = True
-        self._enqueue(functools.partial(self._write_tag, repo, tag, digest))
+        if self._links is not None and self._links.takes(repo):
+            self._links.tag(repo, tag, digest)
+        else:
+            self._enqueue(functools.partial(self._write_tag, repo, tag, digest))
 
     def _write_tag(self, repo: str, tag: str, digest: str) -> None:
         d = Digest.parse(digest)
@@ -344,8 +369,14 @@ class StorageTreeSink:
                 self.stats.tags_moved.append((f"{repo}:{tag}", old, digest))
                 log.info("tag %s:%s moved from %s to %s", repo, tag, old, digest)
 
+    def _finish_links(self) -> None:
+        if self._links is not None:
+            links, self._links = self._links, None
+            links.finish(self.stats)
+
     def commit(self) -> SinkResult:
         self._drain()
+        self._finish_links()
         self._pool.shutdown()
         self._close_sources()
         s = self.stats
@@ -365,11 +396,127 @@ class StorageTreeSink:
         for tmp in list(self._tmp):
             _unlink(tmp)
         self._close_sources()
+        if self._links is not None:
+            self._links.abort()
+            self._links = None
 
     def _close_sources(self) -> None:
         for fd in self._sources.values():
             os.close(fd)
         self._sources.clear()
+
+
+class _LinkProcess:
+    """A forked child writing links the parent sends it, in batches, in the order sent.
+
+    Contract: :meth:`link` only after the blob's or manifest's data landed; :meth:`barrier` returns once
+    every link sent so far is written (tags may follow); :meth:`tag` sends a tag for the child to write
+    (after the barrier); :meth:`finish` merges the child's counts into ``stats``; any of them raises the
+    child's error as an :class:`OutputError`.  :meth:`abort` stops the child, which removes its temp files
+    first.  The child uses the parent's sink as it was at the fork (layout, owner, folders known so far),
+    with its own lock and its own record of what it created."""
+
+    BATCH = 512
+
+    def __init__(self, sink: StorageTreeSink) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self._lock = threading.Lock()
+        self._batch: list[tuple[object, ...]] = []
+        self._proc = ctx.Process(target=_link_child, args=(sink, child), daemon=True, name="ferry-links")
+        self._proc.start()
+        child.close()
+        self._tags: dict[str, bool] = {}  # repository -> whether the child writes its tags
+
+    def link(self, digest: str, blob: bool, repos: Sequence[str]) -> None:
+        self._put(("link", digest, blob, tuple(repos)))
+
+    def takes(self, repo: str) -> bool:
+        """Whether the child writes this repository's tags: every other repository, so both processes
+        write tags at the same time."""
+        if repo not in self._tags:
+            self._tags[repo] = len(self._tags) % 2 == 1
+        return self._tags[repo]
+
+    def tag(self, repo: str, tag: str, digest: str) -> None:
+        self._put(("tag", repo, tag, digest))
+
+    def _put(self, item: tuple[object, ...]) -> None:
+        with self._lock:
+            self._batch.append(item)
+            if len(self._batch) >= self.BATCH:
+                self._send()
+
+    def _send(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            # a child that stopped on an error no longer reads: the next answer reports the error
+            with contextlib.suppress(BrokenPipeError, ConnectionError):
+                self._conn.send(batch)
+
+    def _ask(self, question: str) -> tuple[object, ...]:
+        with self._lock:
+            self._send()
+            with contextlib.suppress(BrokenPipeError, ConnectionError):
+                self._conn.send(question)
+        try:
+            answer: tuple[object, ...] = self._conn.recv()
+        except EOFError:
+            answer = ("error", "the link writer process died", None)
+        if answer[0] == "error":
+            self.abort()
+            raise OutputError(str(answer[1]), hint=answer[2] if isinstance(answer[2], str) else None)
+        return answer
+
+    def barrier(self) -> None:
+        self._ask("barrier")
+
+    def finish(self, stats: RestoreStats) -> None:
+        _, child = self._ask("end")
+        self._conn.close()
+        self._proc.join()
+        assert isinstance(child, RestoreStats)
+        stats.links_written += child.links_written
+        stats.tags_written += child.tags_written
+        stats.tags_unchanged += child.tags_unchanged
+        stats.tags_moved += child.tags_moved
+
+    def abort(self) -> None:
+        self._conn.close()
+        if self._proc.is_alive():
+            self._proc.terminate()  # SIGTERM: the child removes its temp files, then exits
+        self._proc.join()
+
+
+def _link_child(sink: StorageTreeSink, conn: Connection) -> None:
+    # the child's own copies: a lock no parent thread can hold, and its own temp files to clean up
+    sink._lock = threading.Lock()
+    sink._tmp = set()
+    sink.stats = RestoreStats()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        while True:
+            message = conn.recv()
+            if message == "barrier":
+                conn.send(("ok",))
+            elif message == "end":
+                conn.send(("ok", sink.stats))
+                return
+            else:
+                for item in message:
+                    if item[0] == "link":
+                        sink._write_links(*item[1:])
+                    else:
+                        sink._write_tag(*item[1:])
+    except FerryError as e:
+        answer: tuple[object, ...] = ("error", e.message, e.hint)
+    except BaseException as e:
+        answer = ("error", f"writing links failed: {type(e).__name__}: {e}", None)
+    finally:
+        for tmp in list(sink._tmp):
+            _unlink(tmp)
+    with contextlib.suppress(OSError):
+        conn.send(answer)
 
 
 def existing_blobs(layout: StorageLayout, catalog: Catalog) -> set[str]:

@@ -21,7 +21,7 @@ from importer.restore import RestoreOptions
 from importer.restore import run as restore
 from shared.bundle.reader import Bundle
 from shared.bundle.tario import find_volumes
-from shared.errors import BundleDamaged, BundleFormatError, UsageError
+from shared.errors import BundleDamaged, BundleFormatError, OutputError, UsageError
 from shared.storage.reader import Selection
 from shared.storage.writer import Owner
 from tests.support.checks import assert_tree_consistent
@@ -149,6 +149,18 @@ def test_stdin_and_volumes(zoo: Zoo, tmp_path: Path) -> None:
     for root in (a, b):
         with Registry(root, schema1=True) as reg:
             assert served(reg) == zoo.served
+
+
+@pytest.mark.parametrize("jobs", [1, 2])  # 2: links written by the forked child process
+def test_a_file_in_the_way_fails_clearly_and_writes_no_tag(bundle: Path, tmp_path: Path, jobs: int) -> None:
+    root = tmp_path / "root"
+    repos = root / "docker/registry/v2/repositories"
+    repos.mkdir(parents=True)
+    (repos / "team").write_text("not a folder")  # where team/app and team/sub/... must go
+    with pytest.raises(OutputError, match=r"repositories/team/.*Not a directory"):
+        restore(RestoreOptions(bundle=str(bundle), root=root, owner=None, jobs=jobs))
+    assert not list(root.rglob("tags/*/current/link"))
+    assert not list(root.rglob("*.tmp"))
 
 
 def test_truncated_bundle_writes_no_tag(zoo: Zoo, bundle: Path, tmp_path: Path) -> None:
