@@ -80,13 +80,50 @@ def rm(*paths: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def fresh(*paths: Path) -> None:
-    """Remove the previous run's output, then flush: without the flush, a command starts while the other's
-    gigabytes are still being written back (and this disk discards what was deleted), and pays for them in
-    dirty-page throttling.  Measured: tar -xf of the bulk tree took 3.4 to 7.8 s depending on what ran
-    before it.  Both sides get the same flush, outside the timing."""
-    rm(*paths)
+WARM = [
+    [
+        sys.executable,
+        "-c",
+        "import ferry.cli, ferry.render, bundler.export, importer.verify, importer.restore",
+    ],
+    ["tar", "--version"],
+    ["openssl", "version"],
+    ["chown", "--version"],
+    ["xargs", "--version"],
+]
+
+
+def settle(*inputs: Path) -> None:
+    """Give the next command the same start as the other: nothing left to write back, free memory, its
+    inputs in the page cache.
+
+    Without it a command pays for what ran before it: writing back the previous run's gigabytes (dirty-page
+    throttling), or reclaiming a page cache filled by earlier outputs before it can write (free memory is
+    zero after a few bulk runs on this 24 GiB machine).  Measured that way, tar -xf of the bulk tree took
+    2.3 to 7.8 s.  So: flush, drop the clean page cache (as root), then read the inputs back in.  Outside
+    the timing, the same for both sides."""
     os.sync()
+    if os.geteuid() == 0:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        # the programs themselves back in the cache too (ferry's modules, tar, openssl): a program is hot
+        # when an engineer runs it, and dropping its files would bill its start-up to the measurement
+        for warm in WARM:
+            subprocess.run(warm, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    buf = bytearray(1 << 20)
+    for top in inputs:
+        files = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+        for p in files:
+            with open(p, "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+
+
+def fresh(output: Path, *inputs: Path) -> None:
+    """Remove the previous run's output (one file here: no mass delete, see the restore pair), then
+    :func:`settle`."""
+    rm(output)
+    settle(*inputs)
 
 
 def blob_files(root: Path) -> list[str]:
@@ -105,8 +142,8 @@ def bench_tree(name: str, root: Path, facts: dict[str, int], results: dict[str, 
     exp, tar = measure_pair(
         [ferry, "export", str(root), "-o", str(bundle), "-q"],
         ["tar", "-cf", str(plain), "-C", str(root), "docker"],
-        before_ferry=lambda: fresh(bundle),
-        before_reference=lambda: fresh(plain),
+        before_ferry=lambda: fresh(bundle, root),
+        before_reference=lambda: fresh(plain, root),
     )
     # verify (both cores, sha256 + xxh3) vs openssl dgst -sha256 (one core) over the same blob bytes
     files = blob_files(root)
@@ -115,8 +152,8 @@ def bench_tree(name: str, root: Path, facts: dict[str, int], results: dict[str, 
     ver, ossl = measure_pair(
         [ferry, "verify", str(bundle), "-q"],
         f"xargs -a {listfile} openssl dgst -sha256 > /dev/null",
-        before_ferry=os.sync,
-        before_reference=os.sync,
+        before_ferry=lambda: settle(bundle),
+        before_reference=lambda: settle(*map(Path, files)),
     )
     # restore vs the plain copy: tar -xf of the storage tree, then chown -R for Harbor's registry user.
     # Every run writes into a new folder and nothing is deleted until all ran: ext4 skips inodes freed in
@@ -125,15 +162,15 @@ def bench_tree(name: str, root: Path, facts: dict[str, int], results: dict[str, 
     # samples), and tar -xf of the 5000-tag tree measured anywhere from 4.5 s to 50 s
     outputs: list[Path] = []
 
-    def into(name: str) -> Path:
+    def into(name: str, source: Path) -> Path:
         outputs.append(work / f"{name}-{len(outputs)}")
-        os.sync()
+        settle(source)
         return outputs[-1]
 
     rest, base = measure_pair(
-        lambda: [ferry, "restore", str(bundle), "--root", str(into("restored")), "-q"],
+        lambda: [ferry, "restore", str(bundle), "--root", str(into("restored", bundle)), "-q"],
         lambda: (
-            f"mkdir -p {(d := into('restored-tar'))} && tar -xf {plain} -C {d} && chown -R 10000:10000 {d}"
+            f"mkdir -p {(d := into('restored-tar', plain))} && tar -xf {plain} -C {d} && chown -R 10000:10000 {d}"
         ),
     )
     rm(*outputs)
