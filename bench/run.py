@@ -112,11 +112,14 @@ def settle(*inputs: Path) -> None:
             subprocess.run(warm, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     buf = bytearray(1 << 20)
     for top in inputs:
-        files = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
-        for p in files:
-            with open(p, "rb", buffering=0) as f:
-                while f.readinto(buf):
-                    pass
+        # walked as a stream: a list of 100k paths would grow this process, and a child forked from it
+        # inherits that size into its peak RSS (wait4's ru_maxrss keeps the high-water mark across exec)
+        walk = [(str(top.parent), [], [top.name])] if top.is_file() else os.walk(top)
+        for folder, _, names in walk:
+            for name in names:
+                with open(os.path.join(folder, name), "rb", buffering=0) as f:
+                    while f.readinto(buf):
+                        pass
 
 
 def fresh(output: Path, *inputs: Path) -> None:
