@@ -25,6 +25,7 @@ class RangeHashes:
     size: int  # bytes actually read: fewer than asked when the file is short
     digest: str | None  # None when no content digest was asked for
     xxh3: str | None  # None when not asked for
+    data: bytes | None = None  # the bytes, when the job asked to keep them
 
 
 #: (path or a read-only mapping, offset, size).  A path is read with pread (a file that shrinks meanwhile
@@ -45,6 +46,8 @@ class HashJob:
     algorithm: str | None
     #: also compute xxh3 (the bundle checksum); a verifier checking sha256 against the name can skip it
     xxh3: bool = True
+    #: return the bytes read (one file piece): for small content a writer can use instead of reading again
+    keep: bool = False
 
 
 #: called on a worker thread, under the pool's lock: (job, hashes or the OSError that stopped reading)
@@ -113,6 +116,21 @@ _NEW: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "sha512": hashli
 def _hash(job: HashJob, view: memoryview) -> RangeHashes:
     alg = job.algorithm
     h: Any = (_NEW[alg]() if alg in _NEW else hashlib.new(alg)) if alg else None
+    path, offset, size = job.pieces[0] if job.pieces else ("", 0, 0)
+    if job.keep and len(job.pieces) == 1 and isinstance(path, str):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+        if h is not None:
+            h.update(data)
+        return RangeHashes(
+            len(data),
+            f"{alg}:{h.hexdigest()}" if h is not None else None,
+            xxhash.xxh3_128_hexdigest(data) if job.xxh3 or h is None else None,
+            data,
+        )
     x: Any = xxhash.xxh3_128() if job.xxh3 or h is None else None
     done = 0
     for where, offset, size in job.pieces:

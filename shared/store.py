@@ -22,6 +22,7 @@ mismatch.  ``xxh3`` is the bundle-internal checksum, when the source knows it.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -45,11 +46,16 @@ class BlobContent:
     #: the xxh3 when the source is still hashing (verified content only): resolved before the source's
     #: ``contents()`` ends, which raises instead if the bytes turned out wrong
     xxh3_later: Future[str] | None = None
+    #: the bytes themselves, when the source already read them (small content it verified): a sink can
+    #: write them without opening the file again
+    data: bytes | None = None
 
     def open(self) -> BinaryIO:
         """A reader of exactly ``size`` bytes; for stream-only content this can be called once."""
         if self.stream is not None:
             return self.stream
+        if self.data is not None:
+            return io.BytesIO(self.data)
         return cast(BinaryIO, ExtentsReader(self.extents))
 
 

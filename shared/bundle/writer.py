@@ -47,6 +47,18 @@ class BundleSink:
         self._tail = b""
         #: every header before the trailer, hashed as written: lets a reader check them all in one pass
         self._headers = xxhash.xxh3_128()
+        #: headers, padding and small in-memory members, written in one call per MiB
+        self._buf = bytearray()
+
+    def _emit(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= 1 << 20:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self.out.write(bytes(self._buf))
+            self._buf.clear()
 
     def _header(self, name: str, size: int) -> bytes:
         header = tar_header(name, size, self.mtime)
@@ -56,7 +68,7 @@ class BundleSink:
 
     def _bytes_member(self, name: str, data: bytes) -> str:
         x = xxh3_of(data)
-        self.out.write(self._tail + self._header(name, len(data)) + data)
+        self._emit(self._tail + self._header(name, len(data)) + data)
         self._tail = padding(len(data))
         if name != TRAILER_MEMBER:
             self._members.append((name, len(data), x))
@@ -71,14 +83,19 @@ class BundleSink:
         if content.digest in self._written:
             return
         name = blob_member(content.digest)
-        self.out.write(self._tail + self._header(name, content.size))
+        self._emit(self._tail + self._header(name, content.size))
         x: str | Future[str]
         known = content.xxh3 if content.xxh3 is not None else content.xxh3_later
-        if content.verified and known is not None and content.extents:
+        if content.verified and known is not None and content.data is not None:
+            self._emit(content.data)  # read and checked by the source already
+            x = known
+        elif content.verified and known is not None and content.extents:
+            self._flush()
             for ext in content.extents:
                 self.out.copy_extent(ext)
             x = known
         else:
+            self._flush()
             x = self._copy_hashing(content)
         self._tail = padding(content.size)
         self._members.append((name, content.size, x))
@@ -110,6 +127,7 @@ class BundleSink:
         self._bytes_member(
             TRAILER_MEMBER, encode_trailer(self._index_xxh3, members, self._headers.hexdigest())
         )
+        self._flush()
         end = len(self._tail) + 2 * 512
         self.out.write(self._tail + b"\0" * (2 * 512 + (-(self.out.pos + end) % RECORD)))
         self.out.commit()

@@ -17,6 +17,7 @@ export with the complete list of what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import os
@@ -52,6 +53,10 @@ LINK_MAX = 200
 DEFER_MIN = 1 << 20
 #: larger than any registry accepts (distribution: 4 MiB by default), small enough to never exhaust memory
 MANIFEST_MAX = 32 << 20
+#: content up to this size, read once to be hashed, is kept for the writer (configs, small layers,
+#: manifests: two thirds of a registry's files), up to KEEP_BUDGET bytes in all
+KEEP_MAX = 64 << 10
+KEEP_BUDGET = 64 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +99,8 @@ class ScanResult:
     broken: tuple[BrokenImage, ...]
     #: the blob hashing still to do, when deferred
     pending: _Hasher | None = None
+    #: digest -> bytes of small manifests and blobs already read while verifying them
+    data: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +109,7 @@ class _Loaded:
     problem: str | None
     extent: Extent | None
     xxh3: str | None
+    raw: bytes | None = None  # kept when small (KEEP_MAX) and the budget allows
 
 
 class _Tree:
@@ -110,6 +118,7 @@ class _Tree:
         self.layout = StorageLayout()
         self._manifests: dict[str, _Loaded] = {}
         self._blob_extents: dict[str, Extent | None] = {}
+        self.kept = 0  # bytes of manifests kept in memory
 
     def p(self, spec: PathSpec) -> str:
         return self.layout.path(spec)
@@ -194,6 +203,9 @@ class _Tree:
             else:
                 try:
                     got = _Loaded(parse_manifest(raw), None, ext, xxh3_of(raw))
+                    if len(raw) <= KEEP_MAX and self.kept + len(raw) <= KEEP_BUDGET:
+                        got.raw = raw
+                        self.kept += len(raw)
                 except ManifestError as e:
                     got = _Loaded(None, f"manifest unreadable: {e}", ext, None)
         self._manifests[digest] = got
@@ -274,6 +286,8 @@ class _Hasher:
         self.bad: dict[str, str] = {}
         #: digest -> its xxh3 once hashed (for a sink that copies while this hashes)
         self.futures: dict[str, Future[str]] = {}
+        #: digest -> the bytes of small blobs, read once for hashing and kept for the writer
+        self.data: dict[str, bytes] = {}
 
     def add(self, digest: str, ext: Extent) -> None:
         if digest in self._jobs:
@@ -295,6 +309,8 @@ class _Hasher:
                 self.bad[d] = f"blob bytes hash to {h.digest}"
             assert h.xxh3 is not None  # asked for: the bundle trailer needs it
             self.xxh3[d] = h.xxh3
+            if h.data is not None and d not in self.bad:
+                self.data[d] = h.data
         self.futures[d].set_result(self.xxh3.get(d, ""))
         self.done += job.size
         self._on_progress(Progress("verify source", self.done, self.total, files=len(self.xxh3)))
@@ -304,11 +320,18 @@ class _Hasher:
 
         Small blobs cost per item (Python bookkeeping, a system call each), which is what slows a writer
         sharing the GIL with them; large ones cost per byte, in C without the GIL: those overlap well."""
-        small = [j for j in self._jobs.values() if j.size < DEFER_MIN]
+        small: list[HashJob] = []
+        kept = 0
+        for job in [j for j in self._jobs.values() if j.size < DEFER_MIN]:
+            del self._jobs[job.key]
+            if job.size <= KEEP_MAX and kept + job.size <= KEEP_BUDGET:
+                # read into its own buffer and kept: the writer then needs no open, copy and close for it
+                job = dataclasses.replace(job, keep=True)
+                kept += job.size
+            small.append(job)
         pool = HashPool(self._jobs_n, self._result)
         for job in small:
             pool.add(job)
-            del self._jobs[job.key]
         pool.finish()
 
     def start(self, order: list[str] | None = None) -> None:
@@ -405,7 +428,7 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
         raise BrokenImages(tuple(broken))
     skipped += [Skipped(b.repository, b.tag, b.digest, b.reason, b.missing) for b in broken]
 
-    return _build(tree, good, skipped, blob_xxh3, tuple(broken), hasher if defer else None)
+    return _build(tree, good, skipped, blob_xxh3, hasher.data, tuple(broken), hasher if defer else None)
 
 
 def _build(
@@ -413,6 +436,7 @@ def _build(
     good: list[_Root],
     skipped: list[Skipped],
     blob_xxh3: dict[str, str],
+    blob_data: dict[str, bytes],
     broken: tuple[BrokenImage, ...],
     pending: _Hasher | None,
 ) -> ScanResult:
@@ -420,6 +444,7 @@ def _build(
     blobs: dict[str, Blob] = {}
     extents: dict[str, Extent] = {}
     xxh3: dict[str, str] = {}
+    data: dict[str, bytes] = {}
     by_repo: dict[str, list[_Root]] = {}
     for r in good:
         by_repo.setdefault(r.repo, []).append(r)
@@ -442,11 +467,15 @@ def _build(
                         info.artifact_type,
                     )
                     extents[d], xxh3[d] = ext, loaded.xxh3
+                    if loaded.raw is not None:
+                        data[d] = loaded.raw
             elif d not in blobs:
                 ext = tree.blob_extent(d)
                 assert ext is not None
                 blobs[d] = Blob(d, ext.size, "")
                 extents[d] = ext
+                if d in blob_data:
+                    data[d] = blob_data[d]
                 if pending is None:
                     xxh3[d] = blob_xxh3[d]
     # media types come from the manifests that reference the blob (storage does not keep them)
@@ -463,7 +492,7 @@ def _build(
         untagged = tuple(r.digest for r in rs if r.tag is None)
         repos.append(Repository(name, tags, tuple(held), untagged))
     catalog = Catalog(tuple(repos), manifests, blobs, tuple(skipped))
-    return ScanResult(catalog, extents, xxh3, broken, pending)
+    return ScanResult(catalog, extents, xxh3, broken, pending, data)
 
 
 class TreeSource:
@@ -488,7 +517,15 @@ class TreeSource:
                 ext = self._result.extents[d]
                 x = self._result.xxh3.get(d)
                 later = pending.futures.get(d) if pending is not None and x is None else None
-                yield BlobContent(d, ext.size, (ext,), verified=True, xxh3=x, xxh3_later=later)
+                yield BlobContent(
+                    d,
+                    ext.size,
+                    (ext,),
+                    verified=True,
+                    xxh3=x,
+                    xxh3_later=later,
+                    data=self._result.data.get(d),
+                )
         finally:
             if pending is not None:
                 pending.finish()
