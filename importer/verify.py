@@ -89,7 +89,7 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
 
         on_progress(Progress("verify", 0, total))
         bad = check_mapped(checks, opts.jobs or os.cpu_count() or 1, done)
-        problems = _problems(b, members, bad)
+        problems = _problems(b, members, trailer, bad)
         if problems:
             n_bad = len({p["member"] for p in problems})
             broken = {i for p in problems for i in p.get("images", [])}  # type: ignore[attr-defined]
@@ -109,11 +109,15 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
 
 
 def _problems(
-    b: Bundle, members: dict[str, Member], bad: dict[str, tuple[str | None, str]]
+    b: Bundle,
+    members: dict[str, Member],
+    trailer: dict[str, str],
+    bad: dict[str, tuple[str | None, str]],
 ) -> list[dict[str, object]]:
     """Everything wrong with the bundle, each naming its member, volume(s) and the images it breaks.
 
-    ``members`` is the first member of each name; ``bad`` maps each member whose bytes did not match to
+    ``members`` is the first member of each name; ``trailer`` each member's xxh3 as the trailer lists it
+    (empty without a trailer); ``bad`` maps each member whose bytes did not match to
     what they hash to: (its digest's algorithm, hex) for a blob, (None, xxh3) for one checked against the
     trailer."""
     problems: list[dict[str, object]] = []
@@ -170,7 +174,6 @@ def _problems(
         problem(None, b.scan_error.message, end, 0)
     if b.trailer is None:
         problem(TRAILER_MEMBER, "trailer missing: the bundle is truncated", end, 0)
-    trailer = {n: x for n, _, x in b.trailer.members} if b.trailer else {}
 
     for name, m in members.items():
         if m.offset + m.size > end:

@@ -113,9 +113,13 @@ class HashPool:
 _NEW: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 
 
+def _new_hash(alg: str) -> Any:
+    return _NEW[alg]() if alg in _NEW else hashlib.new(alg)
+
+
 def _hash(job: HashJob, view: memoryview) -> RangeHashes:
     alg = job.algorithm
-    h: Any = (_NEW[alg]() if alg in _NEW else hashlib.new(alg)) if alg else None
+    h: Any = _new_hash(alg) if alg else None
     path, offset, size = job.pieces[0] if job.pieces else ("", 0, 0)
     if job.keep and len(job.pieces) == 1 and isinstance(path, str):
         fd = os.open(path, os.O_RDONLY)
@@ -216,10 +220,7 @@ def _check_batch(batch: list[Check]) -> tuple[list[tuple[str, tuple[str | None, 
     failed: list[tuple[str, tuple[str | None, str]]] = []
     n_bytes = 0
     for key, pieces, alg, want in batch:
-        if alg is None:
-            h: Any = xxhash.xxh3_128()
-        else:
-            h = _NEW[alg]() if alg in _NEW else hashlib.new(alg)
+        h = xxhash.xxh3_128() if alg is None else _new_hash(alg)
         for view, offset, size in pieces:
             _hash_mapped(view, offset, size, h, None)
             n_bytes += size

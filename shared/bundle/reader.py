@@ -47,7 +47,6 @@ class Bundle:
         self.trailer: Trailer | None = None
         #: why the member list ends early (a damaged header), when it does
         self.scan_error: BundleFormatError | None = None
-        self._trailer_size = 0
         #: (member, header offset) where the index said a member starts but its header did not match
         self._suspect: tuple[str, int] | None = None
 
@@ -123,34 +122,36 @@ class Bundle:
         for _, size in planned:
             offsets.append(pos)
             pos += BLOCK + size + (-size % BLOCK)
-        trailer = self._trailer_at(pos)
-        if trailer is not None and trailer.headers_xxh3 is not None:
+        found = self._trailer_at(pos)
+        if found is not None and found[0].headers_xxh3 is not None:
             headers += [(o, BLOCK) for o in offsets]
             x = xxhash.xxh3_128()
             for block in self.data.read_many(headers):
                 x.update(block)
-            if x.hexdigest() == trailer.headers_xxh3:
-                members += [
-                    Member(name, o + BLOCK, size) for (name, size), o in zip(planned, offsets, strict=True)
-                ]
-                members.append(Member(TRAILER_MEMBER, pos + BLOCK, self._trailer_size))
-                self.trailer = trailer
-                return self._found(members, on_member)
-        # no usable headers checksum: check each header on its own
-        for (name, size), o in zip(planned, offsets, strict=True):
-            if _plain_header(self.data.read_exact(o, BLOCK), name) != size:
-                if o + BLOCK <= self.data.size:  # else the file just ends there: truncated, not damaged
-                    self._suspect = (name, o)
-                return False
-            members.append(Member(name, o + BLOCK, size))
-        if trailer is None:
+            checked = x.hexdigest() == found[0].headers_xxh3
+        else:
+            checked = False
+        if checked:
+            members += [
+                Member(name, o + BLOCK, size) for (name, size), o in zip(planned, offsets, strict=True)
+            ]
+        else:
+            # no usable headers checksum: check each header on its own
+            for (name, size), o in zip(planned, offsets, strict=True):
+                if _plain_header(self.data.read_exact(o, BLOCK), name) != size:
+                    if o + BLOCK <= self.data.size:  # else the file just ends there: truncated, not damaged
+                        self._suspect = (name, o)
+                    return False
+                members.append(Member(name, o + BLOCK, size))
+        if found is None:
             return False
-        members.append(Member(TRAILER_MEMBER, pos + BLOCK, self._trailer_size))
-        self.trailer = trailer
+        self.trailer, trailer_member = found
+        members.append(trailer_member)
         return self._found(members, on_member)
 
-    def _trailer_at(self, pos: int) -> Trailer | None:
-        """The trailer whose header is at ``pos``, or None if something else (or nothing) is there."""
+    def _trailer_at(self, pos: int) -> tuple[Trailer, Member] | None:
+        """The trailer whose header is at ``pos``, and its member, or None if something else (or nothing)
+        is there."""
         size = _plain_header(self.data.read_exact(pos, BLOCK), TRAILER_MEMBER)
         if size is None or pos + BLOCK + size > self.data.size:
             return None
@@ -158,8 +159,7 @@ class Bundle:
             trailer = decode_trailer(self.data.read_exact(pos + BLOCK, size))
         except BundleFormatError:
             return None
-        self._trailer_size = size
-        return trailer
+        return trailer, Member(TRAILER_MEMBER, pos + BLOCK, size)
 
     def _found(self, members: list[Member], on_member: Callable[[Member], None] | None) -> bool:
         self.members = members
