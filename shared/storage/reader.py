@@ -315,7 +315,7 @@ class _Hasher:
         self.done += job.size
         self._on_progress(Progress("verify source", self.done, self.total, files=len(self.xxh3)))
 
-    def hash_small(self) -> None:
+    def hash_small(self, keep_budget: int = KEEP_BUDGET) -> None:
         """Hash now every blob below :data:`DEFER_MIN`, leaving the large ones for :meth:`start`.
 
         Small blobs cost per item (Python bookkeeping, a system call each), which is what slows a writer
@@ -324,7 +324,7 @@ class _Hasher:
         kept = 0
         for job in [j for j in self._jobs.values() if j.size < DEFER_MIN]:
             del self._jobs[job.key]
-            if job.size <= KEEP_MAX and kept + job.size <= KEEP_BUDGET:
+            if job.size <= KEEP_MAX and kept + job.size <= keep_budget:
                 # read into its own buffer and kept: the writer then needs no open, copy and close for it
                 job = dataclasses.replace(job, keep=True)
                 kept += job.size
@@ -409,7 +409,7 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     _walk(tree, sel, roots, skipped, hasher, on_progress)
     defer = options.defer_hashing and not any(r.problems for r in roots)
     if defer:
-        hasher.hash_small()
+        hasher.hash_small(KEEP_BUDGET - tree.kept)  # one budget for manifests and blobs together
         defer = not hasher.bad
     if not defer:
         # a broken image is reported with everything else that is wrong: hash before deciding

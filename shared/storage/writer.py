@@ -23,8 +23,9 @@ restore may leave blobs but never a tag pointing at something missing.
 Two processes: a registry tree is mostly tiny files and folders (the 5000-tag tree: 44k files, 61k folders),
 where Python's cost per file, not the disk, sets the pace, and threads share one interpreter lock.  So the
 ``_layers`` and ``_manifests/revisions`` links are written by a forked child process while this one writes
-blob data; each link is sent to the child only once its blob or manifest landed, and tags wait until the
-child has finished.  With ``jobs=1`` everything happens in this process.
+blob data; each link is sent to the child only once its blob or manifest landed.  Tags wait until the child
+has written every link, then each process writes the tags of every other repository.  With ``jobs=1``
+everything happens in this process.
 """
 
 from __future__ import annotations
