@@ -8,13 +8,14 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from bundler.export import ExportOptions
 from bundler.export import run as export
-from importer.push import PushOptions, map_names
+from importer.push import PushOptions, PushResult, map_names
 from importer.push import run as push
 from importer.registry.client import Credentials
 from shared.bundle.reader import Bundle
@@ -216,20 +217,27 @@ def harbor(tmp_path: Path) -> Iterator[HarborStandIn]:
     stand_in.stop()
 
 
-def test_token_auth_and_harbor_projects(zoo: Zoo, bundle: Path, harbor: HarborStandIn) -> None:
-    creds = Credentials(harbor.username, harbor.password)
-    # Harbor refuses pushes into projects that do not exist: the token grants nothing there
-    r = push(
+def push_to_harbor(harbor: HarborStandIn, bundle: Path, **options: Any) -> PushResult:
+    """``ferry push`` of ``bundle`` into the Harbor stand-in as its admin, with ``options`` on top."""
+    return push(
         PushOptions(
-            bundle=str(bundle), registry=harbor.url, credentials=creds, create_projects=False, retries=1
+            bundle=str(bundle),
+            registry=harbor.url,
+            credentials=Credentials(harbor.username, harbor.password),
+            **options,
         )
     )
+
+
+def test_token_auth_and_harbor_projects(zoo: Zoo, bundle: Path, harbor: HarborStandIn) -> None:
+    # Harbor refuses pushes into projects that do not exist: the token grants nothing there
+    r = push_to_harbor(harbor, bundle, create_projects=False, retries=1)
     assert r.harbor == "v2.10.0" and r.failed
     assert all(
         "401" in i.reason or "UNAUTHORIZED" in i.reason or "denied" in i.reason.lower() for i in r.failed
     ), r.failed
     # ferry creates the projects and everything lands (one-level names under library/)
-    r = push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds, jobs=4))
+    r = push_to_harbor(harbor, bundle, jobs=4)
     assert not r.failed, r.failed
     assert set(r.projects_created) == {"team", "docker", "charts"}
     assert {"team", "docker", "charts", "library"} <= harbor.projects
@@ -257,31 +265,20 @@ def test_token_auth_and_harbor_projects(zoo: Zoo, bundle: Path, harbor: HarborSt
 
 def test_token_expiry_is_refreshed(bundle: Path, harbor: HarborStandIn) -> None:
     harbor.token_ttl = 31  # ferry refreshes 30 s early: every token is used once, then renewed
-    r = push(
-        PushOptions(
-            bundle=str(bundle), registry=harbor.url, credentials=Credentials(harbor.username, harbor.password)
-        )
-    )
+    r = push_to_harbor(harbor, bundle)
     assert not r.failed and harbor.tokens_issued > 5
 
 
 def test_account_that_may_not_create_projects_is_told_clearly(bundle: Path, harbor: HarborStandIn) -> None:
     harbor.allow_create = False
     with pytest.raises(RegistryError, match="may not create Harbor project"):
-        push(
-            PushOptions(
-                bundle=str(bundle),
-                registry=harbor.url,
-                credentials=Credentials(harbor.username, harbor.password),
-            )
-        )
+        push_to_harbor(harbor, bundle)
 
 
 def test_immutable_tags_at_the_right_digest_are_done_and_others_fail_by_name(
     zoo: Zoo, bundle: Path, harbor: HarborStandIn
 ) -> None:
-    creds = Credentials(harbor.username, harbor.password)
-    assert not push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds)).failed
+    assert not push_to_harbor(harbor, bundle).failed
     # someone moved team/app:v1 on the target before the rule was set
     login = f"{harbor.username}:{harbor.password}"
     host = f"127.0.0.1:{harbor.proxy.port}"
@@ -297,7 +294,7 @@ def test_immutable_tags_at_the_right_digest_are_done_and_others_fail_by_name(
         f"docker://{host}/team/app:v1",
     )
     harbor.immutable = {"library/multi:latest", "team/app:v1"}
-    r = push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds))
+    r = push_to_harbor(harbor, bundle)
     assert sorted(s for s, _ in harbor.refused) == [412, 412]
     outcome = {i.ref: i for i in r.images}
     assert outcome["library/multi:latest"].status == "pushed"  # 412, but the tag is at the bundle's digest
@@ -314,14 +311,7 @@ def test_quota_and_size_refusals_name_the_repository(zoo: Zoo, bundle: Path, har
     )
     harbor.max_manifest = biggest.size - 1
     harbor.quota_full = {"charts"}
-    r = push(
-        PushOptions(
-            bundle=str(bundle),
-            registry=harbor.url,
-            credentials=Credentials(harbor.username, harbor.password),
-            retries=2,
-        )
-    )
+    r = push_to_harbor(harbor, bundle, retries=2)
     statuses = {s for s, _ in harbor.refused}
     assert statuses == {403, 413}
     failed = {i.source: i.reason for i in r.failed}
@@ -340,16 +330,7 @@ def test_faults_are_retried_and_every_image_arrives_intact(
 ) -> None:
     assert harbor.faults is not None
     harbor.faults.rate, harbor.faults.budget = 0.12, 40
-    r = push(
-        PushOptions(
-            bundle=str(bundle),
-            registry=harbor.url,
-            credentials=Credentials(harbor.username, harbor.password),
-            chunk_size=4096,
-            retries=10,
-            backoff=0.05,
-        )
-    )
+    r = push_to_harbor(harbor, bundle, chunk_size=4096, retries=10, backoff=0.05)
     kinds = {k for k, _, _ in harbor.faults.injected}
     assert len(harbor.faults.injected) >= 20 and kinds == {"500", "503", "429", "cut"}
     assert not r.failed, r.failed
@@ -363,13 +344,10 @@ def test_faults_beyond_the_retry_budget_fail_clearly_and_a_rerun_completes(
 ) -> None:
     assert harbor.faults is not None
     harbor.faults.rate, harbor.faults.budget, harbor.faults.kinds = 1.0, 25, ("503",)
-    creds = Credentials(harbor.username, harbor.password)
-    first = push(
-        PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds, retries=2, backoff=0.05)
-    )
+    first = push_to_harbor(harbor, bundle, retries=2, backoff=0.05)
     assert first.failed and all("503" in i.reason for i in first.failed)
     harbor.faults.rate = 0.0
-    second = push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=creds))
+    second = push_to_harbor(harbor, bundle)
     assert not second.failed
     assert second.blobs_present > 0  # what landed the first time was not uploaded again
 
