@@ -7,8 +7,9 @@ restore), the bundle (sink on export, source on import), a registry (sink on pus
 Contract
 --------
 Call order on a sink: ``begin`` once, then ``put_blob``/``put_manifest`` for every digest in the order the
-source yields them, then ``tag`` for every tag, then ``commit`` once.  Any exception in between is followed by
-``abort``, which must leave no partial data under a final name.
+source yields them, then ``tag`` for every tag, then ``commit`` once.  Any exception from ``begin`` on is followed
+by ``abort`` (so ``abort`` must work after a ``begin`` that failed halfway), which must leave no partial
+data under a final name.
 
 Order guaranteed by every source: a blob comes before the manifests that need it, and an index's children
 come before the index.  So a sink may write a manifest as soon as it gets it; tags, which make images visible,

@@ -15,8 +15,8 @@ def copy(source: ImageSource, sink: ImageSink, *, on_progress: ProgressCallback 
     holders = catalog.repositories_holding()
     total = catalog.total_bytes
     done = files = 0
-    sink.begin(catalog)
     try:
+        sink.begin(catalog)
         on_progress(Progress("copy", 0, total))
         for content in source.contents():
             repos = holders.get(content.digest, [])
