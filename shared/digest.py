@@ -17,6 +17,7 @@ import xxhash
 
 _HEX_LEN = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
+_VALID_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 #: bytes read per hashing step: large enough that the GIL is released for most of the work
 CHUNK = 1 << 20
 
@@ -36,7 +37,8 @@ class Digest:
 
     @staticmethod
     def is_valid(text: str) -> bool:
-        return isinstance(text, str) and _parse(text) is not None
+        # one regex and no object: an index of 5000 tags names some 20k digests, each checked on import
+        return isinstance(text, str) and _VALID_RE.fullmatch(text) is not None
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"

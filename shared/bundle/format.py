@@ -192,7 +192,8 @@ def validate_catalog(catalog: Catalog, order: list[str]) -> None:
             digest(m.subject, f"subject of {d}")
     for d in catalog.blobs:
         digest(d, "blob")
-    if sorted(order) != sorted([*catalog.blobs, *catalog.manifests]):
+    held = catalog.blobs.keys() | catalog.manifests.keys()
+    if len(order) != len(held) or set(order) != held:
         raise BundleFormatError(
             "the bundle index is inconsistent: its member order does not list every blob once"
         )
