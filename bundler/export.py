@@ -1,7 +1,9 @@
 """``ferry export``: a registry storage tree (directory or tar) into one bundle.
 
-Plan and check first, write second: the scan reads every manifest and hashes every blob before the first
-byte of the bundle is written, so a broken source fails with its complete list of problems and no output.
+Plan and check first, write second: the scan reads and checks every manifest and finds every missing blob
+before the first byte of the bundle is written, so a broken source fails with its complete list of
+problems and no output.  Blob bytes are hashed by a child process while the walk goes on; one that turns
+out wrong fails the export at the end of the copy, with every broken image named, and no output either.
 """
 
 from __future__ import annotations
@@ -113,8 +115,9 @@ def _scan(
 
 def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> ExportResult:
     started = time.monotonic()
-    # blobs are hashed alongside the copy, just ahead of it; a wrong one aborts the bundle at the end
-    result, fs = _scan(opts, on_progress, defer_hashing=True, skip_broken=opts.skip_broken)
+    # blobs are hashed in the background from the walk on; a wrong one aborts the bundle at the end.
+    # -j 1 asks for one core: then they are hashed after the walk, in this process
+    result, fs = _scan(opts, on_progress, defer_hashing=opts.jobs != 1, skip_broken=opts.skip_broken)
     try:
         out = _write(opts, result, fs, on_progress)
     except BrokenImages:

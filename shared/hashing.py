@@ -7,8 +7,11 @@ handed over in batches of about 64 MiB or 256 items, and each thread reuses one 
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import multiprocessing
 import os
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -107,6 +110,130 @@ class HashPool:
                 f.result()
         finally:
             self._pool.shutdown(cancel_futures=True)
+
+
+class HashProcess:
+    """Hashes jobs in a forked child process while this process goes on with its own Python work.
+
+    Threads cannot do this: a walk of a storage tree is tens of thousands of tiny system calls, and
+    hashing threads beside it took the GIL from it so often that the two together ran slower than one
+    after the other (2.7 s against 1.7 s on a 5000-tag tree).  A child has its own interpreter.  Jobs go to
+    it in batches over a pipe; results come back in batches, read by a thread here as they arrive (so the
+    child never waits on a full pipe, and results are usable before the last one is in).
+
+    Contract: :meth:`add` any number of jobs (one file piece each: the child reads it itself; ``keep``
+    returns the bytes too); :meth:`collect` hands the results in so far to ``on_result``, on the calling
+    thread; :meth:`finish` waits for the rest and hands them over too, and raises if the child failed;
+    :meth:`abort` stops the child.  Create it before this process starts threads: a fork copies only the thread that
+    forks.
+    """
+
+    BATCH = 256
+
+    def __init__(self, on_result: ResultCallback) -> None:
+        ctx = multiprocessing.get_context("fork")
+        jobs_in, self._jobs_out = ctx.Pipe(duplex=False)
+        self._results_in, results_out = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=_hash_child, args=(jobs_in, results_out), daemon=True, name="ferry-hash"
+        )
+        self._proc.start()
+        jobs_in.close()
+        results_out.close()
+        self._on_result = on_result
+        self._jobs: dict[str, HashJob] = {}
+        self._batch: list[tuple[str, str, int, int, str | None, bool, bool]] = []
+        self._error: str | None = None
+        self._arrived: collections.deque[list[Any]] = collections.deque()
+        self._reader = threading.Thread(target=self._drain, name="ferry-hash-results", daemon=True)
+        self._reader.start()
+        self._outbox: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+        self._feeder = threading.Thread(target=self._feed, name="ferry-hash-jobs", daemon=True)
+        self._feeder.start()
+
+    def add(self, job: HashJob) -> None:
+        (path, offset, size), *rest = job.pieces
+        assert isinstance(path, str) and not rest, "a hashing process reads one file piece per job"
+        self._jobs[job.key] = job
+        self._batch.append((job.key, path, offset, size, job.algorithm, job.xxh3, job.keep))
+        if len(self._batch) >= self.BATCH:
+            self._send()
+
+    def _send(self) -> None:
+        if self._batch:
+            self._outbox.put(self._batch)
+            self._batch = []
+
+    def _feed(self) -> None:
+        # the pipe holds a few batches; the walk finds blobs faster than one core hashes them, and must
+        # not wait for it: jobs queue here, and this thread blocks on the pipe instead
+        try:
+            while True:
+                batch = self._outbox.get()
+                self._jobs_out.send(batch)
+                if batch is None:
+                    return
+        except OSError:
+            pass  # the child is gone: the reader reports it
+
+    def _drain(self) -> None:
+        # only receive here: handling results is Python work per blob, which would take the GIL from
+        # the walk this process is busy with; :meth:`collect` does it when the caller is ready
+        try:
+            while (got := self._results_in.recv()) is not None:
+                if isinstance(got, str):
+                    self._error = got
+                    return
+                self._arrived.append(got)
+        except (EOFError, OSError):
+            self._error = self._error or "the hashing process ended unexpectedly"
+
+    def collect(self) -> None:
+        """Hand every result that has arrived so far to ``on_result`` (on the calling thread)."""
+        while self._arrived:
+            for key, size, digest, xxh3, err, why, data in self._arrived.popleft():
+                result = OSError(err, why) if why is not None else RangeHashes(size, digest, xxh3, data)
+                self._on_result(self._jobs[key], result)
+
+    def finish(self) -> None:
+        """Return once every result was handed to ``on_result``; raises if the child failed."""
+        self._send()
+        self._outbox.put(None)
+        self._feeder.join()
+        self._reader.join()
+        self._proc.join()
+        self._jobs_out.close()
+        self._results_in.close()
+        if self._error is not None:
+            raise RuntimeError(f"hashing process: {self._error}")
+        self.collect()
+
+    def abort(self) -> None:
+        self._outbox.put(None)
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+        self._feeder.join()
+        self._reader.join()
+        self._jobs_out.close()
+        self._results_in.close()
+
+
+def _hash_child(jobs_in: Any, results_out: Any) -> None:
+    view = memoryview(bytearray(CHUNK))
+    try:
+        while (batch := jobs_in.recv()) is not None:
+            out: list[tuple[str, int, str | None, str | None, int, str | None, bytes | None]] = []
+            for key, path, offset, size, alg, xxh3, keep in batch:
+                try:
+                    r = _hash(HashJob(key, ((path, offset, size),), size, alg, xxh3, keep), view)
+                    out.append((key, r.size, r.digest, r.xxh3, 0, None, r.data))
+                except OSError as e:
+                    out.append((key, 0, None, None, e.errno or 0, e.strerror or str(e), None))
+            results_out.send(out)
+        results_out.send(None)
+    except BaseException as e:  # the parent raises it: a child has no one else to tell
+        results_out.send(f"{type(e).__name__}: {e}")
 
 
 #: direct constructors: ``hashlib.new`` costs a name lookup per call, and verify makes one per member
@@ -234,6 +361,7 @@ __all__ = [
     "Check",
     "HashJob",
     "HashPool",
+    "HashProcess",
     "Piece",
     "RangeHashes",
     "ResultCallback",

@@ -16,16 +16,15 @@ come before the index.  So a sink may write a manifest as soon as it gets it; ta
 come last, after the source has confirmed that everything arrived intact.
 
 Who verifies: a :class:`BlobContent` with ``verified=True`` was hashed against its digest by the source
-(the storage-tree scan does this before anything is written, or alongside the copy, raising at the end of
-``contents()`` so the sink aborts); otherwise the sink must hash what it writes and discard partial data on a
+(the storage-tree scan does this before anything is written, or in a background process during the walk
+and the copy, raising at the end of ``contents()`` so the sink aborts); otherwise the sink must hash what it writes and discard partial data on a
 mismatch.  ``xxh3`` is the bundle-internal checksum, when the source knows it.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, cast
 
@@ -44,9 +43,9 @@ class BlobContent:
     verified: bool
     xxh3: str | None = None
     stream: BinaryIO | None = None
-    #: the xxh3 when the source is still hashing (verified content only): resolved before the source's
-    #: ``contents()`` ends, which raises instead if the bytes turned out wrong
-    xxh3_later: Future[str] | None = None
+    #: the xxh3 when the source is still hashing (verified content only): callable once the source's
+    #: ``contents()`` has ended, which raises instead if the bytes turned out wrong
+    xxh3_later: Callable[[], str] | None = None
     #: the bytes themselves, when the source already read them (small content it verified): a sink can
     #: write them without opening the file again
     data: bytes | None = None

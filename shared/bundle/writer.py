@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 
 import xxhash
 
@@ -39,7 +38,8 @@ class BundleSink:
         self.out = output
         self.info = info
         self.mtime = mtime
-        self._members: list[tuple[str, int, str | Future[str]]] = []
+        #: (name, size, xxh3 or how to get it once the source is done)
+        self._members: list[tuple[str, int, str | Callable[[], str]]] = []
         self._index_xxh3 = ""
         self._written: set[str] = set()
         self._bytes = 0
@@ -84,7 +84,7 @@ class BundleSink:
             return
         name = blob_member(content.digest)
         self._emit(self._tail + self._header(name, content.size))
-        x: str | Future[str]
+        x: str | Callable[[], str]
         known = content.xxh3 if content.xxh3 is not None else content.xxh3_later
         if content.verified and known is not None and content.data is not None:
             self._emit(content.data)  # read and checked by the source already
@@ -123,7 +123,7 @@ class BundleSink:
         """Tags are part of the index, written by :meth:`begin`."""
 
     def commit(self) -> SinkResult:
-        members = [(n, size, x if isinstance(x, str) else x.result()) for n, size, x in self._members]
+        members = [(n, size, x if isinstance(x, str) else x()) for n, size, x in self._members]
         self._bytes_member(
             TRAILER_MEMBER, encode_trailer(self._index_xxh3, members, self._headers.hexdigest())
         )

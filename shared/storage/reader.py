@@ -17,17 +17,16 @@ export with the complete list of what is wrong.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ..digest import Digest, digest_of, xxh3_of
 from ..errors import BrokenImage, BrokenImages
-from ..hashing import HashJob, HashPool, RangeHashes
+from ..hashing import HashJob, HashPool, HashProcess, RangeHashes
 from ..manifest import ManifestError, ManifestInfo, parse_manifest
 from ..model import Blob, Catalog, Manifest, Repository, Skipped
 from ..progress import Progress, ProgressCallback, no_progress
@@ -49,8 +48,6 @@ from .paths import (
 log = logging.getLogger(__name__)
 
 LINK_MAX = 200
-#: blobs from this size on are hashed alongside the copy when hashing is deferred; smaller ones before it
-DEFER_MIN = 1 << 20
 #: larger than any registry accepts (distribution: 4 MiB by default), small enough to never exhaust memory
 MANIFEST_MAX = 32 << 20
 #: content up to this size, read once to be hashed, is kept for the writer (configs, small layers,
@@ -84,8 +81,9 @@ class ScanOptions:
     selection: Selection = field(default_factory=Selection)
     skip_broken: bool = False
     jobs: int = 0  # 0: one per core
-    #: leave blob hashing to :class:`TreeSource`, which hashes just ahead of the copy and raises at the end
-    #: if a blob is wrong (missing or unreadable things are still found by the walk, before any output)
+    #: hash blobs in a background process while the walk goes on, and let :class:`TreeSource` wait for
+    #: the results at the end of the copy, raising there if a blob is wrong (when the walk itself found
+    #: something wrong, the scan waits for them, so that every broken image is named before any output)
     defer_hashing: bool = False
 
 
@@ -269,34 +267,46 @@ def _reachable(tree: _Tree, digests: list[str]) -> set[str]:
 
 
 class _Hasher:
-    """Checks every blob the walk finds (sha256 against its name, xxh3 for the bundle) on all cores.
+    """Checks every blob the walk finds (sha256 against its name, xxh3 for the bundle).
 
-    Hashing starts when the walk ends.  Overlapping them was measured slower (2.7 s against 1.7 s on a
-    5000-tag tree): the walk is thousands of tiny file-system calls, each needing the GIL back from hashing
-    threads busy with thousands of small blobs.
+    Two ways.  ``background``: a forked child hashes each blob as the walk finds it, on the other core,
+    and keeps the bytes of small ones for the writer; results are taken in with :meth:`collect` and
+    :meth:`finish`.  Otherwise: everything is hashed when :meth:`finish` is called, on a thread per core.
+    Threads during the walk were measured slower than after it (2.7 s against 1.7 s on a 5000-tag tree):
+    they take the GIL from the walk's tiny file-system calls.  A child has its own.
     """
 
-    def __init__(self, jobs: int, on_progress: ProgressCallback) -> None:
+    def __init__(
+        self, jobs: int, on_progress: ProgressCallback, tree: _Tree, *, background: bool = False
+    ) -> None:
         self._jobs_n = jobs
         self._jobs: dict[str, HashJob] = {}
         self._on_progress = on_progress
-        self._pool: HashPool | None = None
+        self._tree = tree
         self.total = self.done = 0
         self.xxh3: dict[str, str] = {}
         self.bad: dict[str, str] = {}
-        #: digest -> its xxh3 once hashed (for a sink that copies while this hashes)
-        self.futures: dict[str, Future[str]] = {}
-        #: digest -> the bytes of small blobs, read once for hashing and kept for the writer
+        #: digest -> the bytes of small blobs, read once for hashing and kept for the writer (they share
+        #: the manifests' budget)
         self.data: dict[str, bytes] = {}
+        self._kept = 0
+        self._process = HashProcess(self._result) if background else None
 
     def add(self, digest: str, ext: Extent) -> None:
         if digest in self._jobs:
             return
         self.total += ext.size
-        self._jobs[digest] = HashJob(
-            digest, ((ext.path, ext.offset, ext.size),), ext.size, digest.split(":", 1)[0]
+        keep = (
+            self._process is not None
+            and ext.size <= KEEP_MAX
+            and self._tree.kept + self._kept + ext.size <= KEEP_BUDGET
         )
-        self.futures[digest] = Future()
+        self._kept += ext.size if keep else 0
+        piece = ((ext.path, ext.offset, ext.size),)
+        job = HashJob(digest, piece, ext.size, digest.split(":", 1)[0], keep=keep)
+        self._jobs[digest] = job
+        if self._process is not None:
+            self._process.add(job)
 
     def _result(self, job: HashJob, h: RangeHashes | OSError) -> None:
         d = job.key
@@ -311,45 +321,29 @@ class _Hasher:
             self.xxh3[d] = h.xxh3
             if h.data is not None and d not in self.bad:
                 self.data[d] = h.data
-        self.futures[d].set_result(self.xxh3.get(d, ""))
         self.done += job.size
-        self._on_progress(Progress("verify source", self.done, self.total, files=len(self.xxh3)))
+        if self._process is None:  # in the background, the walk and then the copy report progress
+            self._on_progress(Progress("verify source", self.done, self.total, files=len(self.xxh3)))
 
-    def hash_small(self, keep_budget: int = KEEP_BUDGET) -> None:
-        """Hash now every blob below :data:`DEFER_MIN`, leaving the large ones for :meth:`start`.
+    def collect(self) -> None:
+        """Take in the background results that have arrived (the rest come with :meth:`finish`)."""
+        if self._process is not None:
+            self._process.collect()
 
-        Small blobs cost per item (Python bookkeeping, a system call each), which is what slows a writer
-        sharing the GIL with them; large ones cost per byte, in C without the GIL: those overlap well."""
-        small: list[HashJob] = []
-        kept = 0
-        for job in [j for j in self._jobs.values() if j.size < DEFER_MIN]:
-            del self._jobs[job.key]
-            if job.size <= KEEP_MAX and kept + job.size <= keep_budget:
-                # read into its own buffer and kept: the writer then needs no open, copy and close for it
-                job = dataclasses.replace(job, keep=True)
-                kept += job.size
-            small.append(job)
+    def finish(self) -> None:
+        """Every blob added is hashed when this returns: by the child, or now, on every core, largest
+        first (so no core ends alone on the biggest layer)."""
+        if self._process is not None:
+            self._process.finish()
+            return
         pool = HashPool(self._jobs_n, self._result)
-        for job in small:
+        for job in sorted(self._jobs.values(), key=lambda j: -j.size):
             pool.add(job)
         pool.finish()
 
-    def start(self, order: list[str] | None = None) -> None:
-        """Hash on the pool's threads; ``order`` (default: largest first, so no core ends alone on the
-        biggest layer) lets a copy in that order find each blob just read into the page cache."""
-        self._pool = HashPool(self._jobs_n, self._result)
-        keys = order if order is not None else sorted(self._jobs, key=lambda d: -self._jobs[d].size)
-        for d in keys:
-            job = self._jobs.get(d)
-            if job is not None:
-                self._pool.add(job)
-        self._pool.flush()
-
-    def finish(self) -> None:
-        if self._pool is None:
-            self.start()
-        assert self._pool is not None
-        self._pool.finish()
+    def abort(self) -> None:
+        if self._process is not None:
+            self._process.abort()
 
 
 def _walk_repository(
@@ -405,12 +399,14 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     sel = options.selection
     roots: list[_Root] = []
     skipped: list[Skipped] = []
-    hasher = _Hasher(options.jobs or os.cpu_count() or 1, on_progress)
-    _walk(tree, sel, roots, skipped, hasher, on_progress)
+    jobs = options.jobs or os.cpu_count() or 1
+    hasher = _Hasher(jobs, on_progress, tree, background=options.defer_hashing)
+    try:
+        _walk(tree, sel, roots, skipped, hasher, on_progress)
+    except BaseException:
+        hasher.abort()
+        raise
     defer = options.defer_hashing and not any(r.problems for r in roots)
-    if defer:
-        hasher.hash_small(KEEP_BUDGET - tree.kept)  # one budget for manifests and blobs together
-        defer = not hasher.bad
     if not defer:
         # a broken image is reported with everything else that is wrong: hash before deciding
         hasher.finish()
@@ -428,7 +424,15 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
         raise BrokenImages(tuple(broken))
     skipped += [Skipped(b.repository, b.tag, b.digest, b.reason, b.missing) for b in broken]
 
-    return _build(tree, good, skipped, blob_xxh3, hasher.data, tuple(broken), hasher if defer else None)
+    return _build(
+        tree,
+        good,
+        skipped,
+        blob_xxh3,
+        hasher.data if not defer else {},
+        tuple(broken),
+        hasher if defer else None,
+    )
 
 
 def _build(
@@ -498,9 +502,9 @@ def _build(
 class TreeSource:
     """A scanned storage tree as an :class:`~shared.store.ImageSource`.
 
-    All content is verified: before the copy, or, when the scan deferred hashing, on threads running just
-    ahead of it (a blob is read from disk once, then copied from the page cache) with :class:`BrokenImages`
-    raised at the end of :meth:`contents` if any blob did not match, so the sink aborts and nothing is left.
+    All content is verified.  When the scan left blob hashing to its background process, a blob whose
+    result is not in yet is yielded with ``xxh3_later``; :meth:`contents` waits for every result at its
+    end and raises :class:`BrokenImages` if any blob did not match, so the sink aborts and nothing is left.
     """
 
     def __init__(self, result: ScanResult) -> None:
@@ -508,29 +512,26 @@ class TreeSource:
         self._result = result
 
     def contents(self) -> Iterator[BlobContent]:
-        pending = self._result.pending
-        blobs = self.catalog.blob_order()
+        r, pending = self._result, self._result.pending
         if pending is not None:
-            pending.start(blobs)
+            pending.collect()  # most results are in: the child hashed while the walk went on
         try:
-            for d in blobs + self.catalog.manifest_order():
-                ext = self._result.extents[d]
-                x = self._result.xxh3.get(d)
-                later = pending.futures.get(d) if pending is not None and x is None else None
-                yield BlobContent(
-                    d,
-                    ext.size,
-                    (ext,),
-                    verified=True,
-                    xxh3=x,
-                    xxh3_later=later,
-                    data=self._result.data.get(d),
-                )
-        finally:
+            for d in self.catalog.blob_order() + self.catalog.manifest_order():
+                x, data, later = r.xxh3.get(d), r.data.get(d), None
+                if x is None and pending is not None:
+                    x, data = pending.xxh3.get(d), pending.data.get(d)
+                    if x is None:
+                        later = functools.partial(pending.xxh3.__getitem__, d)
+                ext = r.extents[d]
+                yield BlobContent(d, ext.size, (ext,), True, x, xxh3_later=later, data=data)
+        except BaseException:
             if pending is not None:
-                pending.finish()
-        if pending is not None and pending.bad:
-            raise BrokenImages(tuple(self._broken(pending.bad)))
+                pending.abort()
+            raise
+        if pending is not None:
+            pending.finish()
+            if pending.bad:
+                raise BrokenImages(tuple(self._broken(pending.bad)))
 
     def _broken(self, bad: Mapping[str, str]) -> Iterator[BrokenImage]:
         for image in self.catalog.images():

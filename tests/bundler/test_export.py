@@ -213,24 +213,24 @@ def test_broken_image_stops_export_and_names_every_broken_image(
     assert tags_of(c)["team/app"] == {t: d for t, d in zoo.served["team/app"].items() if t != "tmp"}
 
 
+@pytest.mark.parametrize("jobs", [0, 1])
 def test_a_blob_found_wrong_while_copying_leaves_no_bundle(
-    zoo: Zoo, zoo_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    zoo: Zoo, zoo_copy: Path, tmp_path: Path, jobs: int
 ) -> None:
-    # only a flipped byte: the walk sees nothing wrong, so the export hashes alongside the copy and finds it
-    # at the end; the half-written bundle must go, and --skip-broken must export again without the image.
-    # The zoo's layers are small, which are hashed before the copy: defer every blob here.
-    monkeypatch.setattr(reader, "DEFER_MIN", 0)
+    # only a flipped byte: the walk sees nothing wrong, so the export writes while its background
+    # process hashes, and learns of it at the end; the half-written bundle must go, and --skip-broken
+    # must export again without the image.  -j 1 hashes in the process, after the walk, before writing.
     with Bundle.open(_bundle_of(zoo, tmp_path)) as b:
         layer = b.catalog.manifests[zoo.served["weird"]["link"]].blobs[1]
         affected = {i.ref for i in b.catalog.images() if layer in b.catalog.closure(i.digest)}
     _break(zoo_copy, layer, "flip")
     out = tmp_path / "late.tar"
     with pytest.raises(BrokenImages) as e:
-        export(zoo_copy, out)
+        export(zoo_copy, out, jobs=jobs)
     assert {b.ref for b in e.value.broken} == affected and all(b.missing == (layer,) for b in e.value.broken)
     assert "hash to" in e.value.broken[0].reason
     assert not list(tmp_path.glob("late.tar*"))  # neither the bundle nor its .partial
-    c = validate_bundle(export(zoo_copy, out, skip_broken=True))
+    c = validate_bundle(export(zoo_copy, out, skip_broken=True, jobs=jobs))
     assert {s.ref for s in c.skipped} == affected and layer not in c.blobs
 
 
@@ -305,17 +305,20 @@ def test_interrupted_export_leaves_no_finished_looking_file(
     assert list(tmp_path.glob("cut.tar*")) == []
 
 
-def test_small_content_is_written_from_the_bytes_the_scan_verified(
+def test_manifests_are_written_from_the_bytes_the_scan_verified(
     zoo: Zoo, zoo_copy: Path, tmp_path: Path
 ) -> None:
-    # small blobs and manifests are read once, hashed, and written from memory: emptying the files after
-    # the scan changes nothing in the bundle
+    # manifests are read once, checked and parsed, and written from memory: emptying their files after
+    # the scan changes nothing in the bundle (small blobs too are kept, when the background hashing had
+    # returned them by the time the copy starts; that is a race, so only manifests are emptied here)
     out = tmp_path / "kept.tar"
+    with Bundle.open(_bundle_of(zoo, tmp_path)) as b:
+        manifests = list(b.catalog.manifests)
 
     def vanish(ev: Progress) -> None:
         if ev.phase == "copy" and ev.files == 2:
-            for data in (zoo_copy / "docker/registry/v2/blobs").rglob("data"):
-                data.write_bytes(b"")
+            for d in manifests:
+                (zoo_copy / "docker/registry/v2/blobs/sha256" / d[7:9] / d[7:] / "data").write_bytes(b"")
 
     run(ExportOptions(root=zoo_copy, output=out), on_progress=vanish)
     assert tags_of(validate_bundle(out)) == zoo.served
