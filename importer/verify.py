@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,9 +65,30 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
     with Bundle.open(opts.path) as b:
         # every byte gets read: hash straight from the page cache, and read the headers from there too
         b.data.map_all()
-        b.scan()
         catalog = b.catalog
         total = catalog.total_bytes
+        jobs = opts.jobs or os.cpu_count() or 1
+
+        def done(n_bytes: int, n_items: int) -> None:
+            on_progress(Progress("verify", n_bytes, total, files=n_items))
+
+        on_progress(Progress("verify", 0, total))
+        # a blob is checked against its name, and the index says where each one is: start hashing them
+        # on that plan while this thread reads the tar's headers and trailer (which then confirm the plan)
+        plan = (b.plan() or [])[3:] if not opts.quick else []
+        early: dict[str, Member] = {}
+        early_checks: list[Check] = []
+        for d, m in zip(b.order, plan, strict=False):
+            if m.offset + m.size <= b.data.size:
+                early[m.name] = m
+                alg, hexa = d.split(":", 1)  # the index's digests are valid (decode_index checked them)
+                early_checks.append((m.name, b.data.pieces(m.offset, m.size), alg, hexa))
+        with ThreadPoolExecutor(1, thread_name_prefix="ferry-verify") as ahead:
+            hashing = ahead.submit(check_mapped, early_checks, jobs, done)
+            try:
+                b.scan()
+            finally:
+                early_bad = hashing.result()
         members: dict[str, Member] = {}
         for m in b.members:
             if m.name != TRAILER_MEMBER:
@@ -74,21 +96,15 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
         trailer = {n: x for n, _, x in b.trailer.members} if b.trailer else {}
         checks: list[Check] = []
         for name, m in members.items():
-            digest = member_digest(name)
-            if name == INDEX_MEMBER or m.offset + m.size > b.data.size:
+            if name == INDEX_MEMBER or m.offset + m.size > b.data.size or early.get(name) == m:
                 continue  # the index is checked below; a truncated member is named without reading it
-            if digest is not None and not opts.quick:
-                # a blob's sha256 checked against its name proves its bytes: its xxh3 would add nothing
-                alg, hexa = digest.split(":", 1)
-                checks.append((name, b.data.pieces(m.offset, m.size), alg, hexa))
+            if not opts.quick and member_digest(name) is not None:
+                checks.append(_blob_check(b, m))
             elif name in trailer:
                 checks.append((name, b.data.pieces(m.offset, m.size), None, trailer[name]))
-
-        def done(n_bytes: int, n_items: int) -> None:
-            on_progress(Progress("verify", n_bytes, total, files=n_items))
-
-        on_progress(Progress("verify", 0, total))
-        bad = check_mapped(checks, opts.jobs or os.cpu_count() or 1, done)
+        bad = check_mapped(checks, jobs)
+        # what was hashed on the plan counts where the tar has the member there (else it was hashed again)
+        bad.update((k, v) for k, v in early_bad.items() if members.get(k) == early[k])
         problems = _problems(b, members, trailer, bad)
         if problems:
             n_bad = len({p["member"] for p in problems})
@@ -106,6 +122,14 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
             quick=opts.quick,
             seconds=time.monotonic() - started,
         )
+
+
+def _blob_check(b: Bundle, m: Member) -> Check:
+    """A blob's bytes against its name: proof of its content (its xxh3 would add nothing)."""
+    digest = member_digest(m.name)
+    assert digest is not None
+    alg, hexa = digest.split(":", 1)
+    return (m.name, b.data.pieces(m.offset, m.size), alg, hexa)
 
 
 def _problems(

@@ -49,6 +49,8 @@ class Bundle:
         self.scan_error: BundleFormatError | None = None
         #: (member, header offset) where the index said a member starts but its header did not match
         self._suspect: tuple[str, int] | None = None
+        self._plan: list[Member] | None = None
+        self._head_blocks: list[tuple[int, int]] = []  # (offset, length) of the first three headers
 
     @classmethod
     def open(cls, path: Path) -> Bundle:
@@ -100,31 +102,46 @@ class Bundle:
         ):
             self.trailer = decode_trailer(self.data.read_exact(last.offset, last.size))
 
-    def _scan_by_index(self, on_member: Callable[[Member], None] | None) -> bool:
+    def plan(self) -> list[Member] | None:
+        """Where the index says every member is, without reading a header past the first three: the
+        index, the OCI layout files, then each blob and manifest in the index's order.  None when the
+        first three are not what a bundle starts with.  :meth:`scan` checks the plan against the tar."""
+        if self._plan is None:
+            self._plan = self._make_plan()
+        return self._plan or None
+
+    def _make_plan(self) -> list[Member]:
         members: list[Member] = []
-        #: (offset, length) of each member's header blocks, for the headers checksum
-        headers: list[tuple[int, int]] = []
         it = iter_members(self.data)
         try:
             for want in (INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER):
                 ti = next(it, None)
                 if ti is None or ti.name != want:
-                    return False
+                    return []
                 members.append(Member(ti.name, ti.offset_data, ti.size))
-                headers.append((ti.offset, ti.offset_data - ti.offset))
+                self._head_blocks.append((ti.offset, ti.offset_data - ti.offset))
         except BundleFormatError:
-            return False
+            return []
         finally:
             it.close()
         pos = members[-1].offset + members[-1].size + (-members[-1].size % BLOCK)
-        planned = [(blob_member(d), self.catalog.size_of(d)) for d in self.order]
-        offsets = []
-        for _, size in planned:
-            offsets.append(pos)
+        for d in self.order:
+            size = self.catalog.size_of(d)
+            members.append(Member(blob_member(d), pos + BLOCK, size))
             pos += BLOCK + size + (-size % BLOCK)
-        found = self._trailer_at(pos)
+        return members
+
+    def _scan_by_index(self, on_member: Callable[[Member], None] | None) -> bool:
+        plan = self.plan()
+        if plan is None:
+            return False
+        members, blobs = plan[:3], plan[3:]
+        end = plan[-1].offset + plan[-1].size + (-plan[-1].size % BLOCK)
+        found = self._trailer_at(end)
         if found is not None and found[0].headers_xxh3 is not None:
-            headers += [(o, BLOCK) for o in offsets]
+            # every header before the trailer: the first three as read (they may carry pax headers), then
+            # one block before each planned member
+            headers = self._head_blocks + [(m.offset - BLOCK, BLOCK) for m in blobs]
             x = xxhash.xxh3_128()
             for block in self.data.read_many(headers):
                 x.update(block)
@@ -132,17 +149,16 @@ class Bundle:
         else:
             checked = False
         if checked:
-            members += [
-                Member(name, o + BLOCK, size) for (name, size), o in zip(planned, offsets, strict=True)
-            ]
+            members += blobs
         else:
             # no usable headers checksum: check each header on its own
-            for (name, size), o in zip(planned, offsets, strict=True):
-                if _plain_header(self.data.read_exact(o, BLOCK), name) != size:
-                    if o + BLOCK <= self.data.size:  # else the file just ends there: truncated, not damaged
-                        self._suspect = (name, o)
+            for m in blobs:
+                at = m.offset - BLOCK
+                if _plain_header(self.data.read_exact(at, BLOCK), m.name) != m.size:
+                    if at + BLOCK <= self.data.size:  # else the file just ends there: truncated, not damaged
+                        self._suspect = (m.name, at)
                     return False
-                members.append(Member(name, o + BLOCK, size))
+                members.append(m)
         if found is None:
             return False
         self.trailer, trailer_member = found
