@@ -102,6 +102,11 @@ class HashPool:
             with self._lock:
                 self._on_result(job, result)
 
+    def abort(self) -> None:
+        """Drop what has not started; wait for what has."""
+        self._pending = []
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     def finish(self) -> None:
         """Hash what is pending and wait for everything; re-raises an exception of a callback."""
         self._flush()

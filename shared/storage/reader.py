@@ -48,6 +48,9 @@ from .paths import (
 log = logging.getLogger(__name__)
 
 LINK_MAX = 200
+#: blobs from this size on are hashed on threads just ahead of the copy; smaller ones in the background
+#: process during the walk (see :class:`_Hasher`)
+DEFER_MIN = 1 << 20
 #: larger than any registry accepts (distribution: 4 MiB by default), small enough to never exhaust memory
 MANIFEST_MAX = 32 << 20
 #: content up to this size, read once to be hashed, is kept for the writer (configs, small layers,
@@ -269,11 +272,13 @@ def _reachable(tree: _Tree, digests: list[str]) -> set[str]:
 class _Hasher:
     """Checks every blob the walk finds (sha256 against its name, xxh3 for the bundle).
 
-    Two ways.  ``background``: a forked child hashes each blob as the walk finds it, on the other core,
-    and keeps the bytes of small ones for the writer; results are taken in with :meth:`collect` and
-    :meth:`finish`.  Otherwise: everything is hashed when :meth:`finish` is called, on a thread per core.
-    Threads during the walk were measured slower than after it (2.7 s against 1.7 s on a 5000-tag tree):
-    they take the GIL from the walk's tiny file-system calls.  A child has its own.
+    ``background``: a forked child hashes each blob under :data:`DEFER_MIN` as the walk finds it, on the
+    other core, and keeps the bytes of small ones for the writer.  Small blobs cost per file (Python work
+    that holds the GIL), which is why threads during the walk were measured slower than after it (2.7 s
+    against 1.7 s on a 5000-tag tree): a child has its own interpreter.  Large blobs cost per byte, in C
+    without the GIL: they are hashed on this process's threads, just ahead of the copy (:meth:`start`),
+    so both cores hash a bulk tree (one child alone made a tree of 96 MiB layers 1.3x slower than tar).
+    Without ``background``, everything is hashed by :meth:`finish`, on a thread per core.
     """
 
     def __init__(
@@ -281,6 +286,8 @@ class _Hasher:
     ) -> None:
         self._jobs_n = jobs
         self._jobs: dict[str, HashJob] = {}
+        self._later: list[HashJob] = []  # not sent to the child: for the threads
+        self._pool: HashPool | None = None
         self._on_progress = on_progress
         self._tree = tree
         self.total = self.done = 0
@@ -305,8 +312,10 @@ class _Hasher:
         piece = ((ext.path, ext.offset, ext.size),)
         job = HashJob(digest, piece, ext.size, digest.split(":", 1)[0], keep=keep)
         self._jobs[digest] = job
-        if self._process is not None:
+        if self._process is not None and ext.size < DEFER_MIN:
             self._process.add(job)
+        else:
+            self._later.append(job)
 
     def _result(self, job: HashJob, h: RangeHashes | OSError) -> None:
         d = job.key
@@ -330,18 +339,28 @@ class _Hasher:
         if self._process is not None:
             self._process.collect()
 
+    def start(self, order: list[str] | None = None) -> None:
+        """Hash what the child does not on this process's threads; ``order`` (default: largest first, so
+        no core ends alone on the biggest layer) lets a copy in that order find each blob just read into
+        the page cache."""
+        self._pool = HashPool(self._jobs_n, self._result)
+        rank = {d: i for i, d in enumerate(order)} if order is not None else {}
+        for job in sorted(self._later, key=lambda j: rank.get(j.key, -j.size)):
+            self._pool.add(job)
+        self._pool.flush()
+
     def finish(self) -> None:
-        """Every blob added is hashed when this returns: by the child, or now, on every core, largest
-        first (so no core ends alone on the biggest layer)."""
+        """Every blob added is hashed when this returns."""
+        if self._pool is None:
+            self.start()
+        assert self._pool is not None
+        self._pool.finish()
         if self._process is not None:
             self._process.finish()
-            return
-        pool = HashPool(self._jobs_n, self._result)
-        for job in sorted(self._jobs.values(), key=lambda j: -j.size):
-            pool.add(job)
-        pool.finish()
 
     def abort(self) -> None:
+        if self._pool is not None:
+            self._pool.abort()
         if self._process is not None:
             self._process.abort()
 
@@ -513,10 +532,12 @@ class TreeSource:
 
     def contents(self) -> Iterator[BlobContent]:
         r, pending = self._result, self._result.pending
+        blobs = self.catalog.blob_order()
         if pending is not None:
             pending.collect()  # most results are in: the child hashed while the walk went on
+            pending.start(blobs)
         try:
-            for d in self.catalog.blob_order() + self.catalog.manifest_order():
+            for d in blobs + self.catalog.manifest_order():
                 x, data, later = r.xxh3.get(d), r.data.get(d), None
                 if x is None and pending is not None:
                     x, data = pending.xxh3.get(d), pending.data.get(d)

@@ -213,13 +213,21 @@ def test_broken_image_stops_export_and_names_every_broken_image(
     assert tags_of(c)["team/app"] == {t: d for t, d in zoo.served["team/app"].items() if t != "tmp"}
 
 
-@pytest.mark.parametrize("jobs", [0, 1])
+@pytest.mark.parametrize(("jobs", "defer_min"), [(0, None), (0, 0), (1, None)])
 def test_a_blob_found_wrong_while_copying_leaves_no_bundle(
-    zoo: Zoo, zoo_copy: Path, tmp_path: Path, jobs: int
+    zoo: Zoo,
+    zoo_copy: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    jobs: int,
+    defer_min: int | None,
 ) -> None:
-    # only a flipped byte: the walk sees nothing wrong, so the export writes while its background
-    # process hashes, and learns of it at the end; the half-written bundle must go, and --skip-broken
-    # must export again without the image.  -j 1 hashes in the process, after the walk, before writing.
+    # only a flipped byte: the walk sees nothing wrong, so the export writes while blobs are hashed (small
+    # ones by the background process, large ones on threads just ahead of the copy: defer_min=0 makes
+    # every zoo blob large) and learns of it at the end; the half-written bundle must go, and
+    # --skip-broken must export again without the image.  -j 1 hashes after the walk, before writing.
+    if defer_min is not None:
+        monkeypatch.setattr(reader, "DEFER_MIN", defer_min)
     with Bundle.open(_bundle_of(zoo, tmp_path)) as b:
         layer = b.catalog.manifests[zoo.served["weird"]["link"]].blobs[1]
         affected = {i.ref for i in b.catalog.images() if layer in b.catalog.closure(i.digest)}
