@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-_HEX_LEN = {"sha256": 64, "sha512": 128}
-_DIGEST_RE = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
+#: the whole grammar, lengths included; matched with fullmatch, so a trailing newline is invalid too
 _VALID_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 #: bytes read per hashing step: large enough that the GIL is released for most of the work
 CHUNK = 1 << 20
@@ -47,10 +46,10 @@ class Digest:
 @functools.lru_cache(maxsize=1 << 16)
 def _parse(text: str) -> Digest | None:
     # the same digest is parsed once per path it names (blob, links, index entries): remember the answer
-    m = _DIGEST_RE.fullmatch(text)
-    if not m or len(m.group(2)) != _HEX_LEN[m.group(1)]:
+    if _VALID_RE.fullmatch(text) is None:
         return None
-    return Digest(m.group(1), m.group(2))
+    algorithm, _, hexd = text.partition(":")
+    return Digest(algorithm, hexd)
 
 
 def sha256_of(data: bytes) -> str:
