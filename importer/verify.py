@@ -81,8 +81,7 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
         for d, m in zip(b.order, plan, strict=False):
             if m.offset + m.size <= b.data.size:
                 early[m.name] = m
-                alg, hexa = d.split(":", 1)  # the index's digests are valid (decode_index checked them)
-                early_checks.append((m.name, b.data.pieces(m.offset, m.size), alg, hexa))
+                early_checks.append(_blob_check(b, m, d))  # the index's digests were checked on open
         with ThreadPoolExecutor(1, thread_name_prefix="ferry-verify") as ahead:
             hashing = ahead.submit(check_mapped, early_checks, jobs, done)
             try:
@@ -98,8 +97,9 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
         for name, m in members.items():
             if name == INDEX_MEMBER or m.offset + m.size > b.data.size or early.get(name) == m:
                 continue  # the index is checked below; a truncated member is named without reading it
-            if not opts.quick and member_digest(name) is not None:
-                checks.append(_blob_check(b, m))
+            digest = None if opts.quick else member_digest(name)
+            if digest is not None:
+                checks.append(_blob_check(b, m, digest))
             elif name in trailer:
                 checks.append((name, b.data.pieces(m.offset, m.size), None, trailer[name]))
         bad = check_mapped(checks, jobs)
@@ -124,10 +124,8 @@ def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> 
         )
 
 
-def _blob_check(b: Bundle, m: Member) -> Check:
-    """A blob's bytes against its name: proof of its content (its xxh3 would add nothing)."""
-    digest = member_digest(m.name)
-    assert digest is not None
+def _blob_check(b: Bundle, m: Member, digest: str) -> Check:
+    """A blob's bytes against its digest (its name): proof of its content (its xxh3 would add nothing)."""
     alg, hexa = digest.split(":", 1)
     return (m.name, b.data.pieces(m.offset, m.size), alg, hexa)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,15 +77,15 @@ class Bundle:
             raise
         return cls(data, catalog, info, order, Member(INDEX_MEMBER, first.offset_data, first.size))
 
-    def scan(self, on_member: Callable[[Member], None] | None = None) -> None:
+    def scan(self) -> None:
         """List every member and read the trailer, if the bundle has one.
 
         Fast path: the index says which members follow and how large they are, so every header's offset is
         known.  A 1.1 trailer holds the xxh3 of all headers, so they are checked in one pass; otherwise each
         is checked with one 512-byte read (name, size, type, checksum).  Anything unexpected falls back to
         reading the tar header by header with :mod:`tarfile`, which names what is wrong."""
-        if not self._scan_by_index(on_member):
-            self._scan_tar(on_member)
+        if not self._scan_by_index():
+            self._scan_tar()
             # tarfile takes a header it cannot parse for the end of the archive; when it stops where the
             # index promised a member, say so rather than letting the rest look merely truncated
             if self._suspect is not None and self.scan_error is None:
@@ -107,21 +106,24 @@ class Bundle:
         index, the OCI layout files, then each blob and manifest in the index's order.  None when the
         first three are not what a bundle starts with.  :meth:`scan` checks the plan against the tar."""
         if self._plan is None:
-            self._plan = self._make_plan()
+            self._plan, self._head_blocks = self._make_plan()
         return self._plan or None
 
-    def _make_plan(self) -> list[Member]:
+    def _make_plan(self) -> tuple[list[Member], list[tuple[int, int]]]:
+        """The plan, and the (offset, length) of the first three headers; ([], []) when the bundle does
+        not start with them."""
         members: list[Member] = []
+        head_blocks: list[tuple[int, int]] = []
         it = iter_members(self.data)
         try:
             for want in (INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER):
                 ti = next(it, None)
                 if ti is None or ti.name != want:
-                    return []
+                    return [], []
                 members.append(Member(ti.name, ti.offset_data, ti.size))
-                self._head_blocks.append((ti.offset, ti.offset_data - ti.offset))
+                head_blocks.append((ti.offset, ti.offset_data - ti.offset))
         except BundleFormatError:
-            return []
+            return [], []
         finally:
             it.close()
         pos = members[-1].offset + members[-1].size + (-members[-1].size % BLOCK)
@@ -129,9 +131,9 @@ class Bundle:
             size = self.catalog.size_of(d)
             members.append(Member(blob_member(d), pos + BLOCK, size))
             pos += BLOCK + size + (-size % BLOCK)
-        return members
+        return members, head_blocks
 
-    def _scan_by_index(self, on_member: Callable[[Member], None] | None) -> bool:
+    def _scan_by_index(self) -> bool:
         plan = self.plan()
         if plan is None:
             return False
@@ -163,7 +165,8 @@ class Bundle:
             return False
         self.trailer, trailer_member = found
         members.append(trailer_member)
-        return self._found(members, on_member)
+        self.members = members
+        return True
 
     def _trailer_at(self, pos: int) -> tuple[Trailer, Member] | None:
         """The trailer whose header is at ``pos``, and its member, or None if something else (or nothing)
@@ -177,20 +180,11 @@ class Bundle:
             return None
         return trailer, Member(TRAILER_MEMBER, pos + BLOCK, size)
 
-    def _found(self, members: list[Member], on_member: Callable[[Member], None] | None) -> bool:
-        self.members = members
-        if on_member is not None:
-            for m in members:
-                on_member(m)
-        return True
-
-    def _scan_tar(self, on_member: Callable[[Member], None] | None) -> None:
+    def _scan_tar(self) -> None:
         self.members = []
         try:
             for ti in iter_members(self.data):
                 self.members.append(Member(ti.name, ti.offset_data, ti.size))
-                if on_member is not None:
-                    on_member(self.members[-1])
         except BundleFormatError as e:
             self.scan_error = e
 
