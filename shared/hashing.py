@@ -129,8 +129,8 @@ class HashProcess:
     Contract: :meth:`add` any number of jobs (one file piece each: the child reads it itself; ``keep``
     returns the bytes too); :meth:`collect` hands the results in so far to ``on_result``, on the calling
     thread; :meth:`finish` waits for the rest and hands them over too, and raises if the child failed;
-    :meth:`abort` stops the child.  Create it before this process starts threads: a fork copies only the thread that
-    forks.
+    :meth:`abort` stops the child.  Create it before this process starts threads: a fork copies only the
+    thread that forks.
     """
 
     BATCH = 256

@@ -7,18 +7,18 @@ restore), the bundle (sink on export, source on import), a registry (sink on pus
 Contract
 --------
 Call order on a sink: ``begin`` once, then ``put_blob``/``put_manifest`` for every digest in the order the
-source yields them, then ``tag`` for every tag, then ``commit`` once.  Any exception from ``begin`` on is followed
-by ``abort`` (so ``abort`` must work after a ``begin`` that failed halfway), which must leave no partial
-data under a final name.
+source yields them, then ``tag`` for every tag, then ``commit`` once.  Any exception from ``begin`` on is
+followed by ``abort`` (so ``abort`` must work after a ``begin`` that failed halfway), which must leave no
+partial data under a final name.
 
 Order guaranteed by every source: a blob comes before the manifests that need it, and an index's children
 come before the index.  So a sink may write a manifest as soon as it gets it; tags, which make images visible,
 come last, after the source has confirmed that everything arrived intact.
 
 Who verifies: a :class:`BlobContent` with ``verified=True`` was hashed against its digest by the source
-(the storage-tree scan does this before anything is written, or in a background process during the walk
-and the copy, raising at the end of ``contents()`` so the sink aborts); otherwise the sink must hash what it writes and discard partial data on a
-mismatch.  ``xxh3`` is the bundle-internal checksum, when the source knows it.
+(the storage-tree scan does this before anything is written, or while the walk and the copy go on,
+raising at the end of ``contents()`` so the sink aborts); otherwise the sink must hash what it writes and
+discard partial data on a mismatch.  ``xxh3`` is the bundle-internal checksum, when the source knows it.
 """
 
 from __future__ import annotations

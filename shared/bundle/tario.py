@@ -2,8 +2,9 @@
 that sees a volume set as one file.
 
 Volumes are a plain byte split (``cat BUNDLE.000 BUNDLE.001 … > BUNDLE`` is the single-file bundle), so
-every reader treats a set exactly like one file.  Tar headers come from :mod:`tarfile` (``TarInfo.tobuf``);
-only the data path is ours, because tarfile copies through a 16 KiB Python loop and ferry copies with
+every reader treats a set exactly like one file.  Plain ustar headers are built here, byte for byte as
+:mod:`tarfile` builds them (a test compares the two), and anything else is left to tarfile; the data path is
+ours, because tarfile copies through a 16 KiB Python loop and ferry copies with
 ``copy_file_range``/``sendfile`` instead.
 """
 

@@ -10,9 +10,10 @@ The walk follows what the registry itself does to serve an image, never what a s
 * ``--untagged`` adds revisions no tag reaches; a revision folder without ``link`` was deleted;
 * ``_uploads`` and blobs no manifest references are never read.
 
-:func:`scan` returns the :class:`~shared.model.Catalog` plus where each digest's bytes are.  It reads every
-manifest and hashes every blob (on all cores) before anything is written, so a broken source stops the
-export with the complete list of what is wrong.
+:func:`scan` returns the :class:`~shared.model.Catalog` plus where each digest's bytes are.  It reads and
+checks every manifest before anything is written.  Blobs it hashes before returning, or, with
+``defer_hashing``, while the walk and then the copy go on (see :class:`_Hasher`); a broken source stops
+the export with the complete list of what is wrong either way.
 """
 
 from __future__ import annotations
@@ -443,15 +444,8 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
         raise BrokenImages(tuple(broken))
     skipped += [Skipped(b.repository, b.tag, b.digest, b.reason, b.missing) for b in broken]
 
-    return _build(
-        tree,
-        good,
-        skipped,
-        blob_xxh3,
-        hasher.data if not defer else {},
-        tuple(broken),
-        hasher if defer else None,
-    )
+    # deferred, nothing was collected yet: the kept bytes reach the copy through ``pending``
+    return _build(tree, good, skipped, blob_xxh3, hasher.data, tuple(broken), hasher if defer else None)
 
 
 def _build(
