@@ -4,7 +4,9 @@ Checks, in order: the index decodes and its version is known; every member the i
 once, with its size, and nothing else is; the trailer is there (else the bundle is truncated); every member's
 xxh3 matches the trailer; with a full check also every blob's sha256 matches its name.  Volumes: every volume
 but the last has the size the index records, so a short middle volume is named even when the bytes after it
-look like a tar.  Hashing runs on a thread pool (hashlib and xxhash release the GIL), one thread per core.
+look like a tar.  Hashing runs on a thread pool (hashlib and xxhash release the GIL), one thread per core,
+and for a full check first in a forked child that starts on the trailer's plan before the index is read
+(see :func:`run`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from shared.bundle.format import (
     blob_member,
     member_digest,
 )
-from shared.bundle.reader import Bundle, Member
+from shared.bundle.reader import Bundle, Member, plan_from_trailer
+from shared.bundle.tario import VolumeSet
 from shared.digest import xxh3_of
 from shared.errors import BundleDamaged
-from shared.hashing import Check, check_mapped
+from shared.hashing import Check, CheckProcess, check_mapped
 from shared.progress import Progress, ProgressCallback, no_progress
 
 
@@ -60,74 +63,135 @@ class VerifyResult:
         }
 
 
+#: the share of the blob bytes the child hashes while this process reads the index and the headers:
+#: its head start is worth about what this process does before it starts hashing (measured on 2 cores)
+AHEAD_SHARE = 0.6
+
+
 def run(opts: VerifyOptions, *, on_progress: ProgressCallback = no_progress) -> VerifyResult:
     started = time.monotonic()
-    with Bundle.open(opts.path) as b:
-        # every byte gets read: hash straight from the page cache, and read the headers from there too
-        b.data.map_all()
-        catalog = b.catalog
-        total = catalog.total_bytes
-        jobs = opts.jobs or os.cpu_count() or 1
+    jobs = opts.jobs or os.cpu_count() or 1
+    # a blob is checked against its name, and the trailer says where each one is: a child process starts
+    # hashing them before the index is even read, on a core of its own (threads here would wait for the
+    # GIL while the index is decoded)
+    ahead: CheckProcess | None = None
+    ahead_plan: dict[str, Member] = {}
 
-        def done(n_bytes: int, n_items: int) -> None:
-            on_progress(Progress("verify", n_bytes, total, files=n_items))
-
-        on_progress(Progress("verify", 0, total))
-        # a blob is checked against its name, and the index says where each one is: start hashing them
-        # on that plan while this thread reads the tar's headers and trailer (which then confirm the plan)
-        plan = (b.plan() or [])[3:] if not opts.quick else []
-        early: dict[str, Member] = {}
-        early_checks: list[Check] = []
-        for d, m in zip(b.order, plan, strict=False):
-            if m.offset + m.size <= b.data.size:
-                early[m.name] = m
-                early_checks.append(_blob_check(b, m, d))  # the index's digests were checked on open
-        with ThreadPoolExecutor(1, thread_name_prefix="ferry-verify") as ahead:
-            hashing = ahead.submit(check_mapped, early_checks, jobs, done)
-            try:
-                b.scan()
-            finally:
-                early_bad = hashing.result()
-        members: dict[str, Member] = {}
-        for m in b.members:
-            if m.name != TRAILER_MEMBER:
-                members.setdefault(m.name, m)
-        trailer = {n: x for n, _, x in b.trailer.members} if b.trailer else {}
+    def start_ahead(data: VolumeSet) -> None:
+        nonlocal ahead
+        if opts.quick or jobs < 2:
+            return
+        data.map_all()
+        blobs = [(m, d) for m in plan_from_trailer(data) or () if (d := member_digest(m.name))]
+        share = sum(m.size for m, _ in blobs) * AHEAD_SHARE
         checks: list[Check] = []
-        for name, m in members.items():
-            if name == INDEX_MEMBER or m.offset + m.size > b.data.size or early.get(name) == m:
-                continue  # the index is checked below; a truncated member is named without reading it
-            digest = None if opts.quick else member_digest(name)
-            if digest is not None:
-                checks.append(_blob_check(b, m, digest))
-            elif name in trailer:
-                checks.append((name, b.data.pieces(m.offset, m.size), None, trailer[name]))
-        bad = check_mapped(checks, jobs)
-        # what was hashed on the plan counts where the tar has the member there (else it was hashed again)
-        bad.update((k, v) for k, v in early_bad.items() if members.get(k) == early[k])
-        problems = _problems(b, members, trailer, bad)
-        if problems:
-            n_bad = len({p["member"] for p in problems})
-            broken = {i for p in problems for i in p.get("images", [])}  # type: ignore[attr-defined]
-            raise BundleDamaged(
-                f"{opts.path}: damaged: {n_bad} problem member(s), {len(broken)} image(s) affected",
-                tuple(sorted(problems, key=lambda p: str(p["member"]))),
-            )
-        return VerifyResult(
-            path=str(opts.path),
-            volumes=tuple(str(v.path) for v in b.data.volumes),
-            members=len(b.members),
-            bytes=b.data.size,
-            images=sum(1 for _ in catalog.images()),
-            quick=opts.quick,
-            seconds=time.monotonic() - started,
+        for m, d in blobs:
+            if share <= 0 or m.offset + m.size > data.size:
+                break
+            checks.append(_blob_check(data, m, d))
+            ahead_plan[m.name] = m
+            share -= m.size
+        if checks:
+            ahead = CheckProcess(checks)
+
+    try:
+        b = Bundle.open(opts.path, before_index=start_ahead)
+    except BaseException:
+        if ahead is not None:
+            ahead.abort()
+        raise
+    with b:
+        try:
+            return _verify(b, opts, jobs, ahead, ahead_plan, on_progress, started)
+        except BaseException:
+            if ahead is not None:
+                ahead.abort()
+            raise
+
+
+def _verify(
+    b: Bundle,
+    opts: VerifyOptions,
+    jobs: int,
+    ahead: CheckProcess | None,
+    ahead_plan: dict[str, Member],
+    on_progress: ProgressCallback,
+    started: float,
+) -> VerifyResult:
+    # every byte gets read: hash straight from the page cache, and read the headers from there too
+    b.data.map_all()
+    catalog = b.catalog
+    total = catalog.total_bytes
+
+    def done(n_bytes: int, n_items: int) -> None:
+        on_progress(Progress("verify", n_bytes, total, files=n_items))
+
+    on_progress(Progress("verify", 0, total))
+    # the rest of the blobs, where the index says they are, while this thread reads the tar's headers
+    # and trailer (which then confirm the plan)
+    plan = (b.plan() or [])[3:] if not opts.quick else []
+    early: dict[str, Member] = {}
+    early_checks: list[Check] = []
+    for d, m in zip(b.order, plan, strict=False):
+        if m.offset + m.size <= b.data.size and m.name not in ahead_plan:
+            early[m.name] = m
+            early_checks.append(_blob_check(b.data, m, d))  # the index's digests were checked on open
+    threads = max(1, jobs - 1) if ahead is not None else jobs
+    with ThreadPoolExecutor(1, thread_name_prefix="ferry-verify") as pool:
+        hashing = pool.submit(check_mapped, early_checks, threads, done)
+        try:
+            b.scan()
+        finally:
+            early_bad = hashing.result()
+    ahead_bad = ahead.result() if ahead is not None else {}
+    if ahead is not None:  # its bytes count now: the threads here reported only their own
+        on_progress(Progress("verify", total, total, files=len(catalog.blobs) + len(catalog.manifests)))
+    members: dict[str, Member] = {}
+    for m in b.members:
+        if m.name != TRAILER_MEMBER:
+            members.setdefault(m.name, m)
+    trailer = {n: x for n, _, x in b.trailer.members} if b.trailer else {}
+    checks: list[Check] = []
+    for name, m in members.items():
+        if (
+            name == INDEX_MEMBER
+            or m.offset + m.size > b.data.size
+            or early.get(name) == m
+            or ahead_plan.get(name) == m
+        ):
+            continue  # the index is checked below; a truncated member is named without reading it
+        digest = None if opts.quick else member_digest(name)
+        if digest is not None:
+            checks.append(_blob_check(b.data, m, digest))
+        elif name in trailer:
+            checks.append((name, b.data.pieces(m.offset, m.size), None, trailer[name]))
+    bad = check_mapped(checks, jobs)
+    # what was hashed on the plan counts where the tar has the member there (else it was hashed again)
+    bad.update((k, v) for k, v in early_bad.items() if members.get(k) == early[k])
+    bad.update((k, v) for k, v in ahead_bad.items() if members.get(k) == ahead_plan[k])
+    problems = _problems(b, members, trailer, bad)
+    if problems:
+        n_bad = len({p["member"] for p in problems})
+        broken = {i for p in problems for i in p.get("images", [])}  # type: ignore[attr-defined]
+        raise BundleDamaged(
+            f"{opts.path}: damaged: {n_bad} problem member(s), {len(broken)} image(s) affected",
+            tuple(sorted(problems, key=lambda p: str(p["member"]))),
         )
+    return VerifyResult(
+        path=str(opts.path),
+        volumes=tuple(str(v.path) for v in b.data.volumes),
+        members=len(b.members),
+        bytes=b.data.size,
+        images=sum(1 for _ in catalog.images()),
+        quick=opts.quick,
+        seconds=time.monotonic() - started,
+    )
 
 
-def _blob_check(b: Bundle, m: Member, digest: str) -> Check:
+def _blob_check(data: VolumeSet, m: Member, digest: str) -> Check:
     """A blob's bytes against its digest (its name): proof of its content (its xxh3 would add nothing)."""
     alg, hexa = digest.split(":", 1)
-    return (m.name, b.data.pieces(m.offset, m.size), alg, hexa)
+    return (m.name, data.pieces(m.offset, m.size), alg, hexa)
 
 
 def _problems(

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import xxhash
 
@@ -348,6 +348,45 @@ def check_mapped(
     return bad
 
 
+class CheckProcess:
+    """:func:`check_mapped` on one core in a forked child, for work that must overlap this process's own
+    Python (decoding a bundle index) without sharing its GIL.  The child inherits the mappings the checks
+    point into (map them before); only the mismatches come back.  :meth:`result` waits for them (and
+    raises ``RuntimeError`` if the child failed); :meth:`abort` stops the child."""
+
+    def __init__(self, checks: Sequence[Check]) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._results, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_check_child, args=(checks, send), daemon=True, name="ferry-check")
+        self._proc.start()
+        send.close()
+
+    def result(self) -> dict[str, tuple[str | None, str]]:
+        try:
+            got = self._results.recv()
+        except EOFError:
+            got = "the checking process ended unexpectedly"
+        finally:
+            self._proc.join()
+            self._results.close()
+        if isinstance(got, str):
+            raise RuntimeError(f"checking process: {got}")
+        return cast(dict[str, tuple[str | None, str]], got)
+
+    def abort(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+        self._results.close()
+
+
+def _check_child(checks: Sequence[Check], send: Any) -> None:
+    try:
+        send.send(check_mapped(checks, 1))
+    except BaseException as e:  # the parent raises it
+        send.send(f"{type(e).__name__}: {e}")
+
+
 def _check_batch(batch: list[Check]) -> tuple[list[tuple[str, tuple[str | None, str]]], int, int]:
     failed: list[tuple[str, tuple[str | None, str]]] = []
     n_bytes = 0
@@ -364,6 +403,7 @@ def _check_batch(batch: list[Check]) -> tuple[list[tuple[str, tuple[str | None, 
 
 __all__ = [
     "Check",
+    "CheckProcess",
     "HashJob",
     "HashPool",
     "HashProcess",

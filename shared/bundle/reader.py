@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +53,15 @@ class Bundle:
         self._head_blocks: list[tuple[int, int]] = []  # (offset, length) of the first three headers
 
     @classmethod
-    def open(cls, path: Path) -> Bundle:
+    def open(cls, path: Path, *, before_index: Callable[[VolumeSet], None] | None = None) -> Bundle:
+        """Open the volumes and read the index; ``before_index`` gets the volumes first (to start work
+        that need not wait for the index, see :func:`plan_from_trailer`)."""
         data = VolumeSet(find_volumes(path))
         try:
             if data.size == 0:
                 raise BundleFormatError(f"{path}: empty file, not a ferry bundle")
+            if before_index is not None:
+                before_index(data)
             try:
                 first = next(iter_members(data), None)
             except BundleFormatError as e:
@@ -203,6 +208,46 @@ class Bundle:
         ]
 
 
+#: how far from the end :func:`plan_from_trailer` looks (a trailer takes about 110 bytes per member)
+TRAILER_SEARCH = 64 << 20
+
+
+def plan_from_trailer(data: VolumeSet) -> list[Member] | None:
+    """Where the trailer says each member is, found from the end of the bundle before the index is read.
+
+    For work that need not wait for the index (verify hashes blobs against their names meanwhile).
+    Nothing here is trusted: a result counts only for a member that :meth:`Bundle.scan` then finds at
+    the same place with the same size.  None when no trailer is near the end, or when its members do not
+    add up to where it is (a member with a pax header, a bundle that is not one)."""
+    marker = TRAILER_MEMBER.encode() + b"\0"
+    end = data.size
+    for span in (4 << 20, TRAILER_SEARCH):
+        start = max(0, end - span)
+        tail = data.read_exact(start, end - start)
+        at = tail.rfind(marker)
+        while at >= 0:
+            pos = start + at
+            size = _plain_header(tail[at : at + BLOCK], TRAILER_MEMBER) if pos % BLOCK == 0 else None
+            if size is not None and pos + BLOCK + size <= end:
+                return _trailer_members(data, pos, size)
+            at = tail.rfind(marker, 0, at)
+        if start == 0:
+            break
+    return None
+
+
+def _trailer_members(data: VolumeSet, pos: int, size: int) -> list[Member] | None:
+    try:
+        trailer = decode_trailer(data.read_exact(pos + BLOCK, size))
+    except BundleFormatError:
+        return None
+    members, at = [], 0
+    for name, n, _ in trailer.members:
+        members.append(Member(name, at + BLOCK, n))
+        at += BLOCK + n + (-n % BLOCK)
+    return members if at == pos else None
+
+
 def _plain_header(hdr: bytes, name: str) -> int | None:
     """The size a plain (ustar, one block) header for ``name`` announces, or None if it is anything else."""
     if len(hdr) != BLOCK or hdr[156:157] not in (b"0", b"\0"):
@@ -218,4 +263,4 @@ def _plain_header(hdr: bytes, name: str) -> int | None:
         return None
 
 
-__all__ = ["Bundle", "Member"]
+__all__ = ["Bundle", "Member", "plan_from_trailer"]

@@ -18,7 +18,7 @@ from importer.inspect import run as inspect
 from importer.verify import VerifyOptions
 from importer.verify import run as verify
 from shared.bundle.format import blob_member
-from shared.bundle.reader import Bundle
+from shared.bundle.reader import Bundle, plan_from_trailer
 from shared.bundle.tario import find_volumes
 from shared.errors import BundleDamaged, BundleFormatError, BundleVersionError, SourceNotFound
 from shared.storage.reader import Selection
@@ -77,6 +77,24 @@ def test_flipped_byte_names_the_blob_and_the_images_it_breaks(
     assert problems[0]["volumes"] == ["bad.tar"]
 
 
+@pytest.mark.parametrize("which", [0, -1])
+def test_a_flipped_byte_is_found_by_whichever_process_hashes_the_blob(
+    bundle: Path, tmp_path: Path, which: int
+) -> None:
+    # the trailer's plan lets a child process hash the first blobs before the index is read; the rest is
+    # hashed here, on the index's plan: a damaged first blob and a damaged last blob are both named
+    with Bundle.open(bundle) as b:
+        planned = plan_from_trailer(b.data)
+        assert planned is not None and planned == b.plan()  # both plans agree on an intact bundle
+        blob = [m for m in planned if m.name.startswith("blobs/")][which]
+    bad = _copy(bundle, tmp_path / "bad.tar")
+    _flip(bad, blob.offset + blob.size // 2)
+    with pytest.raises(BundleDamaged) as e:
+        verify(VerifyOptions(path=bad))
+    assert {p["member"] for p in e.value.problems} == {blob.name}
+    assert str(e.value.problems[0]["problem"]).startswith("content hashes to sha256:")
+
+
 def test_flipped_byte_in_the_index_is_caught(bundle: Path, tmp_path: Path) -> None:
     bad = _copy(bundle, tmp_path / "bad.tar")
     _flip(bad, 512 + 100)  # inside the compressed index: it no longer decodes, or no longer matches
@@ -127,6 +145,8 @@ def test_bundle_without_headers_checksum_still_verifies(
 def test_truncated_bundle_names_the_missing_members(bundle: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.tar"
     cut.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
+    with Bundle.open(cut) as b:
+        assert plan_from_trailer(b.data) is None  # no trailer to plan from: all is hashed on the index's
     with pytest.raises(BundleDamaged) as e:
         verify(VerifyOptions(path=cut))
     reasons = " ".join(str(p["problem"]) for p in e.value.problems)
