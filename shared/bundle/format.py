@@ -165,7 +165,50 @@ def validate_catalog(catalog: Catalog, order: list[str]) -> None:
     """Refuse an index whose names or digests are not what a registry could hold.
 
     The index crossed an air gap and names files and paths on the import side, so every digest, repository
-    name and tag is checked against the distribution grammar before anyone uses it."""
+    name and tag is checked against the distribution grammar before anyone uses it.  Every digest is checked
+    once, in one set (a 5000-image index names 15k digests 40k times); only when something is wrong is the
+    index gone through again, entry by entry, to name what."""
+    held = catalog.blobs.keys() | catalog.manifests.keys()
+    refs: set[object] = set()
+    named: set[object] = set(held)
+    try:
+        for m in catalog.manifests.values():
+            refs.update(m.blobs)
+            refs.update(c.digest for c in m.children)
+            named.update(f.digest for f in m.foreign)
+            if m.subject is not None:
+                named.add(m.subject)
+        for r in catalog.repositories:
+            named.update(r.tags.values())
+        named |= refs
+        if not (refs <= held and all(type(d) is str and Digest.is_valid(d) for d in named)):
+            _explain_catalog(catalog)  # raises for what is wrong (a foreign layer may be a manifest's blob)
+        _validate_names(catalog, order, held)
+    except TypeError:  # an unhashable value where a digest belongs
+        raise BundleFormatError("the bundle index is malformed (a digest is not a string)") from None
+
+
+def _validate_names(catalog: Catalog, order: list[str], held: set[str]) -> None:
+    """What the digest check leaves: the order, repository names and tags, what repositories hold."""
+    if len(order) != len(held) or set(order) != held:
+        raise BundleFormatError(
+            "the bundle index is inconsistent: its member order does not list every blob once"
+        )
+    for r in catalog.repositories:
+        if not valid_repository(r.name):
+            raise BundleFormatError(f"the bundle index names an invalid repository {r.name!r}")
+        for tag in r.tags:
+            if not valid_tag(tag):
+                raise BundleFormatError(f"the bundle index names an invalid tag {tag!r} in {r.name}")
+        for d in (*r.manifests, *r.untagged, *r.tags.values()):
+            if d not in catalog.manifests:
+                raise BundleFormatError(
+                    f"the bundle index is inconsistent: {r.name} holds {d}, which it does not describe"
+                )
+
+
+def _explain_catalog(catalog: Catalog) -> None:
+    """Raise for the first invalid digest or missing reference, saying where it is."""
 
     valid: set[str] = set()
 
@@ -192,23 +235,9 @@ def validate_catalog(catalog: Catalog, order: list[str]) -> None:
             digest(m.subject, f"subject of {d}")
     for d in catalog.blobs:
         digest(d, "blob")
-    held = catalog.blobs.keys() | catalog.manifests.keys()
-    if len(order) != len(held) or set(order) != held:
-        raise BundleFormatError(
-            "the bundle index is inconsistent: its member order does not list every blob once"
-        )
     for r in catalog.repositories:
-        if not valid_repository(r.name):
-            raise BundleFormatError(f"the bundle index names an invalid repository {r.name!r}")
         for tag, d in r.tags.items():
-            if not valid_tag(tag):
-                raise BundleFormatError(f"the bundle index names an invalid tag {tag!r} in {r.name}")
             digest(d, f"tag {r.name}:{tag}")
-        for d in (*r.manifests, *r.untagged, *r.tags.values()):
-            if d not in catalog.manifests:
-                raise BundleFormatError(
-                    f"the bundle index is inconsistent: {r.name} holds {d}, which it does not describe"
-                )
 
 
 def _manifest_from(digest: str, m: dict[str, Any]) -> Manifest:

@@ -50,3 +50,21 @@ def test_an_order_listing_a_member_twice_or_not_at_all_is_refused() -> None:
     for tamper in (twice, short):
         with pytest.raises(BundleFormatError, match="member order"):
             decode_index(_index(tamper))
+
+
+def test_a_reference_nothing_holds_or_a_digest_of_the_wrong_type_is_refused() -> None:
+    def dangling(doc: dict[str, Any]) -> None:
+        next(iter(doc["manifests"].values()))["blobs"].append("sha256:" + "b" * 64)
+
+    def listed(doc: dict[str, Any]) -> None:
+        next(iter(doc["manifests"].values()))["blobs"].append(["sha256:" + "b" * 64])
+
+    def tagged(doc: dict[str, Any]) -> None:
+        doc["repositories"][0]["tags"]["v1"] = 7
+
+    with pytest.raises(BundleFormatError, match=r"needs sha256:b+, which it does not hold"):
+        decode_index(_index(dangling))
+    with pytest.raises(BundleFormatError, match="not a string"):
+        decode_index(_index(listed))
+    with pytest.raises(BundleFormatError, match=r"invalid digest 7 \(tag app:v1\)"):
+        decode_index(_index(tagged))
