@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
-RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "3"))
+RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "5"))
 
 
 @dataclass
