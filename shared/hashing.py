@@ -348,20 +348,27 @@ def check_mapped(
     return bad
 
 
+#: what a :class:`CheckProcess` child plans: the checks, and a note (picklable) on what they cover
+Planner = Callable[[], tuple[Sequence[Check], Any]]
+Mismatches = dict[str, tuple[str | None, str]]
+
+
 class CheckProcess:
     """:func:`check_mapped` on one core in a forked child, for work that must overlap this process's own
-    Python (decoding a bundle index) without sharing its GIL.  The child inherits the mappings the checks
-    point into (map them before); only the mismatches come back.  :meth:`result` waits for them (and
-    raises ``RuntimeError`` if the child failed); :meth:`abort` stops the child."""
+    Python (decoding a bundle index) without sharing its GIL.
 
-    def __init__(self, checks: Sequence[Check]) -> None:
+    ``plan`` runs in the child, so that planning too is off this process's path; the mappings it points
+    the checks into are inherited (map them before).  :meth:`result` waits for the mismatches and the
+    plan's note (it raises ``RuntimeError`` if the child failed); :meth:`abort` stops the child."""
+
+    def __init__(self, plan: Planner) -> None:
         ctx = multiprocessing.get_context("fork")
         self._results, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_check_child, args=(checks, send), daemon=True, name="ferry-check")
+        self._proc = ctx.Process(target=_check_child, args=(plan, send), daemon=True, name="ferry-check")
         self._proc.start()
         send.close()
 
-    def result(self) -> dict[str, tuple[str | None, str]]:
+    def result(self) -> tuple[Mismatches, Any]:
         try:
             got = self._results.recv()
         except EOFError:
@@ -371,7 +378,7 @@ class CheckProcess:
             self._results.close()
         if isinstance(got, str):
             raise RuntimeError(f"checking process: {got}")
-        return cast(dict[str, tuple[str | None, str]], got)
+        return cast(tuple[Mismatches, Any], got)
 
     def abort(self) -> None:
         if self._proc.is_alive():
@@ -380,9 +387,10 @@ class CheckProcess:
         self._results.close()
 
 
-def _check_child(checks: Sequence[Check], send: Any) -> None:
+def _check_child(plan: Planner, send: Any) -> None:
     try:
-        send.send(check_mapped(checks, 1))
+        checks, note = plan()
+        send.send((check_mapped(checks, 1), note))
     except BaseException as e:  # the parent raises it
         send.send(f"{type(e).__name__}: {e}")
 
