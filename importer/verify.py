@@ -123,7 +123,8 @@ def _plan_ahead(data: VolumeSet, jobs: int) -> tuple[list[Check], list[tuple[str
 def _ahead_count(blobs: list[Member], index_size: int, jobs: int, end: int) -> int:
     """How many of the first blobs (in tar order) are the child's: this process predicts it from the index's
     plan by the same rule, so that it hashes the others; the child's note settles what it really did."""
-    share = sum(m.size for m in blobs) * ahead_share(index_size, sum(m.size for m in blobs), jobs)
+    total = sum(m.size for m in blobs)
+    share = total * ahead_share(index_size, total, jobs)
     n = 0
     for m in blobs:
         if share <= 0 or m.offset + m.size > end:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,11 +132,8 @@ class Bundle:
         finally:
             it.close()
         pos = members[-1].offset + members[-1].size + (-members[-1].size % BLOCK)
-        for d in self.order:
-            size = self.catalog.size_of(d)
-            members.append(Member(blob_member(d), pos + BLOCK, size))
-            pos += BLOCK + size + (-size % BLOCK)
-        return members, head_blocks
+        blobs, _ = _one_after_another(pos, ((blob_member(d), self.catalog.size_of(d)) for d in self.order))
+        return members + blobs, head_blocks
 
     def _scan_by_index(self) -> bool:
         plan = self.plan()
@@ -144,7 +141,7 @@ class Bundle:
             return False
         members, blobs = plan[:3], plan[3:]
         end = plan[-1].offset + plan[-1].size + (-plan[-1].size % BLOCK)
-        found = self._trailer_at(end)
+        found = _trailer_at(self.data, end)
         if found is not None and found[0].headers_xxh3 is not None:
             # every header before the trailer: the first three as read (they may carry pax headers), then
             # one block before each planned member
@@ -172,18 +169,6 @@ class Bundle:
         members.append(trailer_member)
         self.members = members
         return True
-
-    def _trailer_at(self, pos: int) -> tuple[Trailer, Member] | None:
-        """The trailer whose header is at ``pos``, and its member, or None if something else (or nothing)
-        is there."""
-        size = _plain_header(self.data.read_exact(pos, BLOCK), TRAILER_MEMBER)
-        if size is None or pos + BLOCK + size > self.data.size:
-            return None
-        try:
-            trailer = decode_trailer(self.data.read_exact(pos + BLOCK, size))
-        except BundleFormatError:
-            return None
-        return trailer, Member(TRAILER_MEMBER, pos + BLOCK, size)
 
     def _scan_tar(self) -> None:
         self.members = []
@@ -227,25 +212,37 @@ def plan_from_trailer(data: VolumeSet) -> list[Member] | None:
         at = tail.rfind(marker)
         while at >= 0:
             pos = start + at
-            size = _plain_header(tail[at : at + BLOCK], TRAILER_MEMBER) if pos % BLOCK == 0 else None
-            if size is not None and pos + BLOCK + size <= end:
-                return _trailer_members(data, pos, size)
+            found = _trailer_at(data, pos) if pos % BLOCK == 0 else None
+            if found is not None:
+                members, after = _one_after_another(0, ((n, size) for n, size, _ in found[0].members))
+                return members if after == pos else None
             at = tail.rfind(marker, 0, at)
         if start == 0:
             break
     return None
 
 
-def _trailer_members(data: VolumeSet, pos: int, size: int) -> list[Member] | None:
+def _trailer_at(data: VolumeSet, pos: int) -> tuple[Trailer, Member] | None:
+    """The trailer whose header is at ``pos``, and its member, or None if something else (or nothing) is
+    there."""
+    size = _plain_header(data.read_exact(pos, BLOCK), TRAILER_MEMBER)
+    if size is None or pos + BLOCK + size > data.size:
+        return None
     try:
         trailer = decode_trailer(data.read_exact(pos + BLOCK, size))
     except BundleFormatError:
         return None
-    members, at = [], 0
-    for name, n, _ in trailer.members:
-        members.append(Member(name, at + BLOCK, n))
-        at += BLOCK + n + (-n % BLOCK)
-    return members if at == pos else None
+    return trailer, Member(TRAILER_MEMBER, pos + BLOCK, size)
+
+
+def _one_after_another(pos: int, entries: Iterable[tuple[str, int]]) -> tuple[list[Member], int]:
+    """Members of these (name, size) laid out from ``pos`` as the bundle writes them (one header block
+    each, data padded to a block), and where the next header would be."""
+    members = []
+    for name, size in entries:
+        members.append(Member(name, pos + BLOCK, size))
+        pos += BLOCK + size + (-size % BLOCK)
+    return members, pos
 
 
 def _plain_header(hdr: bytes, name: str) -> int | None:
