@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import multiprocessing
 import os
 import queue
 import threading
@@ -21,6 +20,8 @@ from typing import Any, cast
 import xxhash
 
 from .digest import CHUNK
+from .errors import FerryError
+from .worker import Channel, Worker, WorkerError
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,10 @@ class HashProcess:
 
     Threads cannot do this: a walk of a storage tree is tens of thousands of tiny system calls, and
     hashing threads beside it took the GIL from it so often that the two together ran slower than one
-    after the other (2.7 s against 1.7 s on a 5000-tag tree).  A child has its own interpreter.  Jobs go to
-    it in batches over a pipe; results come back in batches, read by a thread here as they arrive (so the
-    child never waits on a full pipe, and results are usable before the last one is in).
+    after the other (2.7 s against 1.7 s on a 5000-tag tree).  A child has its own interpreter (a
+    :class:`~shared.worker.Worker`).  Jobs go to it in batches; results come back in batches, read by a
+    thread here as they arrive (so the child never waits on a full pipe, and results are usable before
+    the last one is in).
 
     Contract: :meth:`add` any number of jobs (one file piece each: the child reads it itself; ``keep``
     returns the bytes too); :meth:`collect` hands the results in so far to ``on_result``, on the calling
@@ -136,19 +138,11 @@ class HashProcess:
     BATCH = 256
 
     def __init__(self, on_result: ResultCallback) -> None:
-        ctx = multiprocessing.get_context("fork")
-        jobs_in, self._jobs_out = ctx.Pipe(duplex=False)
-        self._results_in, results_out = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(
-            target=_hash_child, args=(jobs_in, results_out), daemon=True, name="ferry-hash"
-        )
-        self._proc.start()
-        jobs_in.close()
-        results_out.close()
+        self._worker = Worker(_hash_child, name="ferry-hash")
         self._on_result = on_result
         self._jobs: dict[str, HashJob] = {}
         self._batch: list[tuple[str, str, int, int, str | None, bool, bool]] = []
-        self._error: str | None = None
+        self._error: BaseException | None = None
         self._arrived: collections.deque[list[Any]] = collections.deque()
         self._reader = threading.Thread(target=self._drain, name="ferry-hash-results", daemon=True)
         self._reader.start()
@@ -172,26 +166,20 @@ class HashProcess:
     def _feed(self) -> None:
         # the pipe holds a few batches; the walk finds blobs faster than one core hashes them, and must
         # not wait for it: jobs queue here, and this thread blocks on the pipe instead
-        try:
-            while True:
-                batch = self._outbox.get()
-                self._jobs_out.send(batch)
-                if batch is None:
-                    return
-        except OSError:
-            pass  # the child is gone: the reader reports it
+        while True:
+            batch = self._outbox.get()
+            self._worker.send(batch)
+            if batch is None:
+                return
 
     def _drain(self) -> None:
         # only receive here: handling results is Python work per blob, which would take the GIL from
         # the walk this process is busy with; :meth:`collect` does it when the caller is ready
         try:
-            while (got := self._results_in.recv()) is not None:
-                if isinstance(got, str):
-                    self._error = got
-                    return
+            for got in self._worker.messages():
                 self._arrived.append(got)
-        except (EOFError, OSError):
-            self._error = self._error or "the hashing process ended unexpectedly"
+        except (FerryError, WorkerError) as e:
+            self._error = e
 
     def collect(self) -> None:
         """Hand every result that has arrived so far to ``on_result`` (on the calling thread)."""
@@ -206,39 +194,28 @@ class HashProcess:
         self._outbox.put(None)
         self._feeder.join()
         self._reader.join()
-        self._proc.join()
-        self._jobs_out.close()
-        self._results_in.close()
         if self._error is not None:
-            raise RuntimeError(f"hashing process: {self._error}")
+            raise self._error
         self.collect()
 
     def abort(self) -> None:
         self._outbox.put(None)
-        if self._proc.is_alive():
-            self._proc.terminate()
-        self._proc.join()
+        self._worker.abort()
         self._feeder.join()
         self._reader.join()
-        self._jobs_out.close()
-        self._results_in.close()
 
 
-def _hash_child(jobs_in: Any, results_out: Any) -> None:
+def _hash_child(channel: Channel) -> None:
     view = memoryview(bytearray(CHUNK))
-    try:
-        while (batch := jobs_in.recv()) is not None:
-            out: list[tuple[str, int, str | None, str | None, int, str | None, bytes | None]] = []
-            for key, path, offset, size, alg, xxh3, keep in batch:
-                try:
-                    r = _hash(HashJob(key, ((path, offset, size),), size, alg, xxh3, keep), view)
-                    out.append((key, r.size, r.digest, r.xxh3, 0, None, r.data))
-                except OSError as e:
-                    out.append((key, 0, None, None, e.errno or 0, e.strerror or str(e), None))
-            results_out.send(out)
-        results_out.send(None)
-    except BaseException as e:  # the parent raises it: a child has no one else to tell
-        results_out.send(f"{type(e).__name__}: {e}")
+    while (batch := channel.recv()) is not None:
+        out: list[tuple[str, int, str | None, str | None, int, str | None, bytes | None]] = []
+        for key, path, offset, size, alg, xxh3, keep in batch:
+            try:
+                r = _hash(HashJob(key, ((path, offset, size),), size, alg, xxh3, keep), view)
+                out.append((key, r.size, r.digest, r.xxh3, 0, None, r.data))
+            except OSError as e:
+                out.append((key, 0, None, None, e.errno or 0, e.strerror or str(e), None))
+        channel.send(out)
 
 
 #: direct constructors: ``hashlib.new`` costs a name lookup per call, and verify makes one per member
@@ -354,45 +331,26 @@ Mismatches = dict[str, tuple[str | None, str]]
 
 
 class CheckProcess:
-    """:func:`check_mapped` on one core in a forked child, for work that must overlap this process's own
-    Python (decoding a bundle index) without sharing its GIL.
+    """:func:`check_mapped` on one core in a forked child (a :class:`~shared.worker.Worker`), for work that
+    must overlap this process's own Python (decoding a bundle index) without sharing its GIL.
 
     ``plan`` runs in the child, so that planning too is off this process's path; the mappings it points
     the checks into are inherited (map them before).  :meth:`result` waits for the mismatches and the
-    plan's note (it raises ``RuntimeError`` if the child failed); :meth:`abort` stops the child."""
+    plan's note (it raises the child's error if it failed); :meth:`abort` stops the child."""
 
     def __init__(self, plan: Planner) -> None:
-        ctx = multiprocessing.get_context("fork")
-        self._results, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_check_child, args=(plan, send), daemon=True, name="ferry-check")
-        self._proc.start()
-        send.close()
+        self._worker = Worker(_check_child, plan, name="ferry-check")
 
     def result(self) -> tuple[Mismatches, Any]:
-        try:
-            got = self._results.recv()
-        except EOFError:
-            got = "the checking process ended unexpectedly"
-        finally:
-            self._proc.join()
-            self._results.close()
-        if isinstance(got, str):
-            raise RuntimeError(f"checking process: {got}")
-        return cast(tuple[Mismatches, Any], got)
+        return cast(tuple[Mismatches, Any], self._worker.result())
 
     def abort(self) -> None:
-        if self._proc.is_alive():
-            self._proc.terminate()
-        self._proc.join()
-        self._results.close()
+        self._worker.abort()
 
 
-def _check_child(plan: Planner, send: Any) -> None:
-    try:
-        checks, note = plan()
-        send.send((check_mapped(checks, 1), note))
-    except BaseException as e:  # the parent raises it
-        send.send(f"{type(e).__name__}: {e}")
+def _check_child(channel: Channel, plan: Planner) -> tuple[Mismatches, Any]:
+    checks, note = plan()
+    return check_mapped(checks, 1), note
 
 
 def _check_batch(batch: list[Check]) -> tuple[list[tuple[str, tuple[str | None, str]]], int, int]:

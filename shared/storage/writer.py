@@ -35,20 +35,18 @@ import errno
 import functools
 import hashlib
 import logging
-import multiprocessing
 import os
-import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 
 from ..digest import CHUNK, Digest
-from ..errors import DigestMismatch, DiskFull, FerryError, OutputError
+from ..errors import DigestMismatch, DiskFull, OutputError
+from ..kcopy import KernelCopy
 from ..model import Catalog, Manifest
 from ..store import BlobContent, SinkResult
+from ..worker import Channel, Worker
 from .paths import (
     BlobData,
     BlobsDir,
@@ -110,6 +108,7 @@ class StorageTreeSink:
         self._tmp: set[str] = set()
         self._pid = os.getpid()
         self._sources: dict[str, int] = {}  # bundle file -> descriptor, opened once
+        self._kcopy = KernelCopy()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _dirs(self, path: str) -> None:
@@ -234,16 +233,10 @@ class StorageTreeSink:
                     view = view[os.write(fd, view) :]
                 n += len(data)
             return f"{h.name}:{h.hexdigest()}", n
-        # large: the kernel copies (reflinks where the file system can), then what landed is hashed
+        # large: the kernel copies (reflinks where the file system can; across file systems it steps
+        # down to sendfile, see shared.kcopy), then what landed is hashed
         for ext in content.extents:
-            src = self._source(ext.path)
-            off, left = ext.offset, ext.size
-            while left:
-                got = os.copy_file_range(src, fd, min(left, 1 << 30), off)
-                if got == 0:
-                    break
-                off += got
-                left -= got
+            self._kcopy.copy_all(self._source(ext.path), ext.offset, fd, ext.size)
         n = 0
         buf = memoryview(bytearray(CHUNK))
         while True:
@@ -408,25 +401,23 @@ class StorageTreeSink:
 
 
 class _LinkProcess:
-    """A forked child writing links the parent sends it, in batches, in the order sent.
+    """A forked child (a :class:`~shared.worker.Worker`) writing links the parent sends it, in batches, in
+    the order sent.
 
     Contract: :meth:`link` only after the blob's or manifest's data landed; :meth:`barrier` returns once
     every link sent so far is written (tags may follow); :meth:`tag` sends a tag for the child to write
     (after the barrier); :meth:`finish` merges the child's counts into ``stats``; any of them raises the
-    child's error as an :class:`OutputError`.  :meth:`abort` stops the child, which removes its temp files
-    first.  The child uses the parent's sink as it was at the fork (layout, owner, folders known so far),
-    with its own lock and its own record of what it created."""
+    child's error (a :class:`FerryError` keeps its code: ``disk-full`` stays ``disk-full``).
+    :meth:`abort` stops the child, which removes its temp files first (so does a child whose parent was
+    killed: it gets SIGTERM from the kernel).  The child uses the parent's sink as it was at the fork
+    (layout, owner, folders known so far), with its own lock and its own record of what it created."""
 
     BATCH = 512
 
     def __init__(self, sink: StorageTreeSink) -> None:
-        ctx = multiprocessing.get_context("fork")
-        self._conn, child = ctx.Pipe()
+        self._worker = Worker(_link_child, sink, name="ferry-links")
         self._lock = threading.Lock()
         self._batch: list[tuple[object, ...]] = []
-        self._proc = ctx.Process(target=_link_child, args=(sink, child), daemon=True, name="ferry-links")
-        self._proc.start()
-        child.close()
         self._tags: dict[str, bool] = {}  # repository -> whether the child writes its tags
 
     def link(self, digest: str, blob: bool, repos: Sequence[str]) -> None:
@@ -451,31 +442,27 @@ class _LinkProcess:
     def _send(self) -> None:
         batch, self._batch = self._batch, []
         if batch:
-            # a child that stopped on an error no longer reads: the next answer reports the error
-            with contextlib.suppress(BrokenPipeError, ConnectionError):
-                self._conn.send(batch)
-
-    def _ask(self, question: str) -> tuple[object, ...]:
-        with self._lock:
-            self._send()
-            with contextlib.suppress(BrokenPipeError, ConnectionError):
-                self._conn.send(question)
-        try:
-            answer: tuple[object, ...] = self._conn.recv()
-        except EOFError:
-            answer = ("error", "the link writer process died", None)
-        if answer[0] == "error":
-            self.abort()
-            raise OutputError(str(answer[1]), hint=answer[2] if isinstance(answer[2], str) else None)
-        return answer
+            self._worker.send(batch)
 
     def barrier(self) -> None:
-        self._ask("barrier")
+        with self._lock:
+            self._send()
+            self._worker.send("barrier")
+        try:
+            self._worker.recv()
+        except BaseException:
+            self._worker.abort()
+            raise
 
     def finish(self, stats: RestoreStats) -> None:
-        _, child = self._ask("end")
-        self._conn.close()
-        self._proc.join()
+        with self._lock:
+            self._send()
+            self._worker.send("end")
+        try:
+            child = self._worker.result()
+        except BaseException:
+            self._worker.abort()
+            raise
         assert isinstance(child, RestoreStats)
         stats.links_written += child.links_written
         stats.tags_written += child.tags_written
@@ -483,41 +470,30 @@ class _LinkProcess:
         stats.tags_moved += child.tags_moved
 
     def abort(self) -> None:
-        self._conn.close()
-        if self._proc.is_alive():
-            self._proc.terminate()  # SIGTERM: the child removes its temp files, then exits
-        self._proc.join()
+        self._worker.abort()
 
 
-def _link_child(sink: StorageTreeSink, conn: Connection) -> None:
+def _link_child(channel: Channel, sink: StorageTreeSink) -> RestoreStats:
     # the child's own copies: a lock no parent thread can hold, and its own temp files to clean up
     sink._lock = threading.Lock()
     sink._tmp = set()
     sink.stats = RestoreStats()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         while True:
-            message = conn.recv()
+            message = channel.recv()
             if message == "barrier":
-                conn.send(("ok",))
+                channel.send("ok")
             elif message == "end":
-                conn.send(("ok", sink.stats))
-                return
+                return sink.stats
             else:
                 for item in message:
                     if item[0] == "link":
                         sink._write_links(*item[1:])
                     else:
                         sink._write_tag(*item[1:])
-    except FerryError as e:
-        answer: tuple[object, ...] = ("error", e.message, e.hint)
-    except BaseException as e:
-        answer = ("error", f"writing links failed: {type(e).__name__}: {e}", None)
     finally:
         for tmp in list(sink._tmp):
             _unlink(tmp)
-    with contextlib.suppress(OSError):
-        conn.send(answer)
 
 
 def existing_blobs(layout: StorageLayout, catalog: Catalog) -> set[str]:
