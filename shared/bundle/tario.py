@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BundleFormatError, DiskFull, OutputError, SourceNotFound
+from ..kcopy import KernelCopy
 from ..storage.fs import Extent
 
 BLOCK = 512
@@ -82,7 +83,7 @@ class BundleOutput:
         self.files: list[Path] = []
         self._fd: int | None = None
         self._vol_used = 0
-        self._method = "copy_file_range"
+        self._kcopy = KernelCopy()
         if path is not None and not path.parent.is_dir():
             raise OutputError(f"{path.parent}: output directory does not exist")
 
@@ -149,32 +150,10 @@ class BundleOutput:
 
     def _copy(self, src: int, off: int, n: int) -> int:
         assert self._fd is not None
-        n = min(n, 1 << 30)
         try:
-            if self._method == "copy_file_range":
-                return os.copy_file_range(src, self._fd, n, off)
-            if self._method == "sendfile":
-                return os.sendfile(self._fd, src, off, n)
+            return self._kcopy.copy(src, off, self._fd, n)
         except OSError as e:
-            if e.errno in (
-                errno.EXDEV,
-                errno.EINVAL,
-                errno.ENOSYS,
-                errno.EOPNOTSUPP,
-                errno.EBADF,
-                errno.ESPIPE,
-            ):
-                # pipes and some filesystems: step down to the next method and retry this chunk
-                self._method = "sendfile" if self._method == "copy_file_range" else "readwrite"
-                return self._copy(src, off, n)
             raise self._os_error(e) from None
-        data = os.pread(src, min(n, 1 << 20), off)
-        if data:
-            try:
-                os.write(self._fd, data)  # short writes do not happen on regular files and blocking pipes
-            except OSError as e:
-                raise self._os_error(e) from None
-        return len(data)
 
     def _os_error(self, e: OSError) -> OutputError:
         where = self._partials[-1] if self._partials else "stdout"
