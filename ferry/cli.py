@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -71,12 +72,23 @@ def main_callback(
     render.setup_logging(verbose + (2 if debug else 0))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C: every cleanup that runs for Ctrl-C runs for it."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def _execute(fn: Callable[[], T], *, as_json: bool, quiet: bool, show: Callable[[T], None]) -> T:
     try:
         result = fn()
     except FerryError as e:
         render.render_error(e, as_json=as_json)
         raise typer.Exit(e.exit_code) from None
+    except Terminated:
+        render.err.print("[red]terminated[/] (SIGTERM): stopped; nothing finished was left half-written")
+        raise typer.Exit(143) from None
     except KeyboardInterrupt:
         render.err.print("[red]interrupted[/]: nothing finished was left half-written")
         raise typer.Exit(130) from None
@@ -630,6 +642,8 @@ def main() -> None:
     # counting frees all of it; the collector is only there for the rare cycle.
     gc.freeze()
     gc.set_threshold(100_000, 50, 50)
+    # `kill` and service managers stop a run with SIGTERM: clean up as for Ctrl-C, say so, exit 143
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()
 
 
