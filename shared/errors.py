@@ -50,6 +50,31 @@ class NotAStorageTree(FerryError):
     )
 
 
+class SourceUnreadable(FerryError):
+    """A file or folder of the source exists but cannot be read (permissions, I/O error)."""
+
+    code = "source-unreadable"
+    default_hint = (
+        "Run ferry as a user who can read the whole registry storage (root, or the registry's user)."
+    )
+
+    def __init__(self, path: str, reason: str, *, hint: str | None = None) -> None:
+        self.path = path
+        #: the short form, for a broken image's reason
+        self.reason = reason
+        super().__init__(f"{path}: {reason}", hint=hint)
+
+
+class SourceChanged(FerryError):
+    """The source changed under ferry while it read it (a blob deleted or truncated mid-copy)."""
+
+    code = "source-changed"
+    default_hint = (
+        "Something (the registry's garbage collector, a cleanup job) changed the storage during the export: "
+        "stop it, or export again; nothing was left behind."
+    )
+
+
 class OutputError(FerryError):
     """The output cannot be written (exists, unwritable directory, disk full)."""
 
@@ -74,7 +99,9 @@ class BrokenImage:
 
     @property
     def ref(self) -> str:
-        return f"{self.repository}:{self.tag}" if self.tag is not None else f"{self.repository}@{self.digest}"
+        if self.tag is not None:
+            return f"{self.repository}:{self.tag}"
+        return f"{self.repository}@{self.digest}" if self.digest else self.repository
 
 
 class BrokenImages(FerryError):
@@ -227,6 +254,8 @@ __all__ = [
     "OutputError",
     "RegistryError",
     "RegistryUnreachable",
+    "SourceChanged",
     "SourceNotFound",
+    "SourceUnreadable",
     "UsageError",
 ]

@@ -96,10 +96,15 @@ def _descriptor(d: Any, what: str) -> BlobRef:
     if not isinstance(d, dict):
         raise ManifestError(f"{what} is not a descriptor")
     size = d.get("size")
-    if not isinstance(size, int) or size < 0:
+    if type(size) is not int or size < 0:
         raise ManifestError(f"{what} has an invalid size {size!r}")
-    urls = d.get("urls") or ()
-    return BlobRef(_digest(d.get("digest"), what), size, str(d.get("mediaType", "")), tuple(urls))
+    urls = d.get("urls") or []
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise ManifestError(f"{what} has invalid urls")
+    media_type = d.get("mediaType", "")
+    if not isinstance(media_type, str):
+        raise ManifestError(f"{what} has an invalid mediaType")
+    return BlobRef(_digest(d.get("digest"), what), size, media_type, tuple(urls))
 
 
 def detect_media_type(doc: dict[str, Any]) -> str:
@@ -121,6 +126,8 @@ def parse_manifest(raw: bytes) -> ManifestInfo:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestError(f"not JSON: {e}") from None
+    except RecursionError:  # JSON nested deeper than the parser's stack: no registry makes one
+        raise ManifestError("not a manifest: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestError("not a JSON object")
     mt = detect_media_type(doc)

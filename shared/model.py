@@ -59,7 +59,7 @@ class Skipped:
     def ref(self) -> str:
         if self.tag is not None:
             return f"{self.repository}:{self.tag}"
-        return f"{self.repository}@{self.digest}"
+        return f"{self.repository}@{self.digest}" if self.digest else self.repository
 
 
 @dataclass(frozen=True)
@@ -95,17 +95,32 @@ class Catalog:
                 yield Image(repo.name, None, digest, m.media_type, m.size)
 
     def closure(self, digest: str) -> tuple[str, ...]:
-        """Every manifest and blob digest ``digest`` needs, itself first (children before their blobs)."""
+        """Every manifest and blob digest ``digest`` needs, itself first (children before their blobs).
+
+        Iterative, in the order a recursive walk gives (a manifest, its children's closures, its blobs):
+        an index may nest others thousands deep in a hostile bundle."""
         cached = self._closure_cache.get(digest)
         if cached is not None:
             return cached
-        out: dict[str, None] = {digest: None}
-        m = self.manifests[digest]
-        for child in m.children:
-            for d in self.closure(child.digest):
-                out.setdefault(d, None)
-        for b in m.blobs:
-            out.setdefault(b, None)
+        out: dict[str, None] = {}
+        stack: list[tuple[str, bool]] = [(digest, False)]
+        while stack:
+            d, blobs_now = stack.pop()
+            m = self.manifests[d]
+            if blobs_now:
+                for b in m.blobs:
+                    out.setdefault(b, None)
+                continue
+            if d in out:
+                continue
+            done = self._closure_cache.get(d)
+            if done is not None:
+                for x in done:
+                    out.setdefault(x, None)
+                continue
+            out[d] = None
+            stack.append((d, True))
+            stack.extend((c.digest, False) for c in reversed(m.children))
         result = tuple(out)
         self._closure_cache[digest] = result
         return result
@@ -121,17 +136,24 @@ class Catalog:
     def manifest_order(self) -> list[str]:
         """Every manifest, children before the indexes that list them (the order a registry accepts)."""
         out: dict[str, None] = {}
-
-        def visit(d: str) -> None:
-            if d in out:
-                return
-            for child in self.manifests[d].children:
-                if child.digest in self.manifests:
-                    visit(child.digest)
-            out[d] = None
-
-        for d in sorted(self.manifests):
-            visit(d)
+        entered: set[str] = set()
+        for top in sorted(self.manifests):
+            # iterative post-order: a manifest once all its children are out (indexes may nest deeply)
+            stack: list[tuple[str, bool]] = [(top, False)]
+            while stack:
+                d, children_done = stack.pop()
+                if children_done:
+                    out[d] = None
+                    continue
+                if d in entered:
+                    continue  # done, or (only in an index no reader accepts) a cycle
+                entered.add(d)
+                stack.append((d, True))
+                stack.extend(
+                    (c.digest, False)
+                    for c in reversed(self.manifests[d].children)
+                    if c.digest in self.manifests and c.digest not in entered
+                )
         return list(out)
 
     def blob_order(self) -> list[str]:

@@ -26,7 +26,7 @@ from ..digest import Digest
 from ..errors import BundleFormatError, BundleVersionError
 from ..manifest import INDEX_TYPES, SCHEMA1_TYPES, BlobRef, ChildRef, MediaType
 from ..model import Blob, Catalog, Manifest, Repository, Skipped
-from ..storage.paths import valid_repository, valid_tag
+from ..storage.paths import repository_problem, tag_problem
 
 FORMAT = "ferry-bundle"
 TRAILER_FORMAT = "ferry-bundle-trailer"
@@ -68,7 +68,7 @@ class BundleInfo:
     version: tuple[int, int] = VERSION
 
 
-def encode_index(catalog: Catalog, info: BundleInfo) -> bytes:
+def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = None) -> bytes:
     doc = {
         "format": FORMAT,
         "version": list(info.version),
@@ -88,7 +88,7 @@ def encode_index(catalog: Catalog, info: BundleInfo) -> bytes:
         ],
         "manifests": {d: _manifest_doc(m) for d, m in catalog.manifests.items()},
         "blobs": {d: {"size": b.size, "mediaType": b.media_type} for d, b in catalog.blobs.items()},
-        "order": catalog.blob_order() + catalog.manifest_order(),
+        "order": order if order is not None else catalog.blob_order() + catalog.manifest_order(),
         "skipped": [
             {
                 "repository": s.repository,
@@ -124,39 +124,143 @@ def _manifest_doc(m: Manifest) -> dict[str, Any]:
     }
 
 
-def decode_index(data: bytes) -> tuple[Catalog, BundleInfo, list[str]]:
-    """Parse an index; returns the catalog, the bundle facts and the member order of the blobs."""
+#: what an index may decompress to: a fixed allowance, plus what the bundle's size could describe (every
+#: member has at least a 512-byte header; a tag costs about 100 bytes of index), never more than INDEX_MAX.
+#: A hostile index of a few KB must not make the reader allocate gigabytes before it is refused.
+INDEX_RAW_BASE = 16 << 20
+
+
+def index_raw_cap(index_size: int, bundle_size: int | None = None) -> int:
+    """The most bytes an index of ``index_size`` compressed bytes, in a bundle of ``bundle_size``, may
+    decompress to."""
+    return min(INDEX_MAX, INDEX_RAW_BASE + max(64 * index_size, bundle_size or 0))
+
+
+def _decompress(data: bytes, cap: int) -> bytes:
+    # streaming, never sized by the frame header: a frame may claim (and hold) 900 MB of zeros
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=INDEX_MAX)
-        doc = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except (zstandard.ZstdError, ValueError, msgpack.UnpackException) as e:
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as r:
+            raw = r.read(cap + 1)
+    except zstandard.ZstdError as e:
         raise BundleFormatError(f"the bundle index is unreadable ({e})") from None
+    if len(raw) > cap:
+        raise BundleFormatError(
+            f"the bundle index decompresses to more than {cap} bytes, far more than this bundle could describe"
+        )
+    return bytes(raw)
+
+
+def _malformed(what: str) -> BundleFormatError:
+    return BundleFormatError(f"the bundle index is malformed ({what})")
+
+
+def _str(v: Any, what: str) -> str:
+    if type(v) is not str:
+        raise _malformed(f"{what} is not a string")
+    return v
+
+
+def _opt_str(v: Any, what: str) -> str | None:
+    return None if v is None else _str(v, what)
+
+
+def _size(v: Any, what: str) -> int:
+    if type(v) is not int or v < 0:
+        raise _malformed(f"{what} is not a size ({v!r})")
+    return v
+
+
+def _list(v: Any, what: str) -> list[Any]:
+    if type(v) is not list:
+        raise _malformed(f"{what} is not a list")
+    return v
+
+
+def _map(v: Any, what: str) -> dict[str, Any]:
+    if type(v) is not dict:
+        raise _malformed(f"{what} is not a map")
+    return v
+
+
+def _strs(v: Any, what: str) -> tuple[str, ...]:
+    items = tuple(_list(v, what))
+    if not all(type(x) is str for x in items):
+        raise _malformed(f"{what} holds something that is not a string")
+    return items
+
+
+def decode_index(data: bytes, *, bundle_size: int | None = None) -> tuple[Catalog, BundleInfo, list[str]]:
+    """Parse an index; returns the catalog, the bundle facts and the member order of the blobs.
+
+    Every value is checked for its type as it is read (the index crossed an air gap and may be hostile),
+    memory is bounded by :func:`index_raw_cap`, then :func:`validate_catalog` checks what it says."""
+    raw = _decompress(data, index_raw_cap(len(data), bundle_size))
+    try:
+        # no container can hold more entries than the index has bytes; both limits only make it explicit
+        n = len(raw)
+        doc = msgpack.unpackb(
+            raw, raw=False, strict_map_key=True, max_array_len=n, max_map_len=n, max_str_len=n, max_bin_len=n
+        )
+    except (ValueError, msgpack.UnpackException, RecursionError) as e:
+        raise BundleFormatError(f"the bundle index is unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise BundleFormatError("the first member is not a ferry bundle index")
     check_version(doc.get("version"))
     try:
-        manifests = {d: _manifest_from(d, m) for d, m in doc["manifests"].items()}
-        blobs = {d: Blob(d, int(b["size"]), str(b.get("mediaType", ""))) for d, b in doc["blobs"].items()}
-        repos = tuple(
-            Repository(r["name"], dict(r["tags"]), tuple(r["manifests"]), tuple(r.get("untagged", ())))
-            for r in doc["repositories"]
-        )
+        manifests = {
+            _str(d, "a manifest digest"): _manifest_from(d, _map(m, f"manifest {d}"))
+            for d, m in _map(doc["manifests"], "manifests").items()
+        }
+        blobs = {}
+        for d, b in _map(doc["blobs"], "blobs").items():
+            b = _map(b, f"blob {d}")
+            blobs[d] = Blob(
+                d,
+                _size(b.get("size"), f"the size of {d}"),
+                _str(b.get("mediaType", ""), f"the mediaType of {d}"),
+            )
+        repos = []
+        for r in _list(doc["repositories"], "repositories"):
+            r = _map(r, "a repository")
+            name = _str(r.get("name"), "a repository name")
+            tags = _map(r.get("tags"), f"the tags of {name}")
+            for tag, target in tags.items():
+                _str(target, f"the target of {name}:{tag}")
+            repos.append(
+                Repository(
+                    name,
+                    tags,
+                    _strs(r.get("manifests"), f"the manifests of {name}"),
+                    _strs(r.get("untagged", []), f"the untagged manifests of {name}"),
+                )
+            )
         skipped = tuple(
-            Skipped(s["repository"], s.get("tag"), s.get("digest"), s["reason"], tuple(s.get("missing", ())))
-            for s in doc.get("skipped", ())
+            Skipped(
+                _str(s.get("repository"), "a skipped repository"),
+                _opt_str(s.get("tag"), "a skipped tag"),
+                _opt_str(s.get("digest"), "a skipped digest"),
+                _str(s.get("reason"), "a skip reason"),
+                _strs(s.get("missing", []), "a skipped image's missing digests"),
+            )
+            for s in (_map(x, "a skipped item") for x in _list(doc.get("skipped", []), "skipped"))
         )
+        volume_size = doc.get("volume_size")
+        if volume_size is not None and (type(volume_size) is not int or volume_size < 512):
+            raise _malformed(f"volume_size {volume_size!r} is not a volume size")
         info = BundleInfo(
-            str(doc.get("ferry_version", "")),
-            str(doc.get("created", "")),
-            dict(doc.get("source") or {}),
-            dict(doc.get("options") or {}),
-            doc.get("volume_size"),
-            (int(doc["version"][0]), int(doc["version"][1])),
+            _str(doc.get("ferry_version", ""), "ferry_version"),
+            _str(doc.get("created", ""), "created"),
+            _map(doc.get("source") or {}, "source"),
+            _map(doc.get("options") or {}, "options"),
+            volume_size,
+            (doc["version"][0], doc["version"][1]),
         )
-        order = list(doc["order"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise BundleFormatError(f"the bundle index is malformed ({type(e).__name__}: {e})") from None
-    catalog = Catalog(repos, manifests, blobs, skipped)
+        order = list(_strs(doc["order"], "order"))
+    except KeyError as e:
+        raise _malformed(f"no {e.args[0]!r}") from None
+    except AttributeError as e:  # a value of the wrong kind where a map was expected
+        raise _malformed(str(e)) from None
+    catalog = Catalog(tuple(repos), manifests, blobs, skipped)
     validate_catalog(catalog, order)
     return catalog, info, order
 
@@ -194,16 +298,53 @@ def _validate_names(catalog: Catalog, order: list[str], held: set[str]) -> None:
         raise BundleFormatError(
             "the bundle index is inconsistent: its member order does not list every blob once"
         )
+    # the order a streaming reader relies on: a blob before the manifests that need it, an index's
+    # children before the index (which also rules out a cycle of indexes)
+    pos = {d: i for i, d in enumerate(order)}
+    for d, m in catalog.manifests.items():
+        at = pos[d]
+        for ref in (*m.blobs, *(c.digest for c in m.children)):
+            if pos[ref] > at:
+                raise BundleFormatError(
+                    f"the bundle index is inconsistent: {d} comes before {ref}, which it needs"
+                )
+    names: set[str] = set()
     for r in catalog.repositories:
-        if not valid_repository(r.name):
-            raise BundleFormatError(f"the bundle index names an invalid repository {r.name!r}")
+        problem = repository_problem(r.name)
+        if problem is not None:
+            raise BundleFormatError(f"the bundle index names an {problem}: {r.name!r}")
+        if r.name in names:
+            raise BundleFormatError(f"the bundle index lists the repository {r.name} twice")
+        names.add(r.name)
         for tag in r.tags:
-            if not valid_tag(tag):
-                raise BundleFormatError(f"the bundle index names an invalid tag {tag!r} in {r.name}")
-        for d in (*r.manifests, *r.untagged, *r.tags.values()):
-            if d not in catalog.manifests:
+            problem = tag_problem(tag)
+            if problem is not None:
+                raise BundleFormatError(f"the bundle index names an {problem}: {tag!r} in {r.name}")
+        # a tag, an untagged entry and an index child must be manifests of this repository: the registry
+        # serves a manifest only from a repository that links it (else the tag answers 404)
+        mine = set(r.manifests)
+        for d in mine:
+            held_m = catalog.manifests.get(d)
+            if held_m is None:
                 raise BundleFormatError(
                     f"the bundle index is inconsistent: {r.name} holds {d}, which it does not describe"
+                )
+            for c in held_m.children:
+                if c.digest not in mine:
+                    raise BundleFormatError(
+                        f"the bundle index is inconsistent: {d} in {r.name} lists the child {c.digest}, "
+                        f"which {r.name} does not hold"
+                    )
+        for tag, d in r.tags.items():
+            if d not in mine:
+                raise BundleFormatError(
+                    f"the bundle index is inconsistent: the tag {r.name}:{tag} points to {d}, "
+                    f"which {r.name} does not hold"
+                )
+        for d in r.untagged:
+            if d not in mine:
+                raise BundleFormatError(
+                    f"the bundle index is inconsistent: {r.name} lists {d} as untagged but does not hold it"
                 )
 
 
@@ -241,27 +382,48 @@ def _explain_catalog(catalog: Catalog) -> None:
 
 
 def _manifest_from(digest: str, m: dict[str, Any]) -> Manifest:
+    foreign = []
+    for f in _list(m.get("foreign", []), f"the foreign layers of {digest}"):
+        f = _map(f, f"a foreign layer of {digest}")
+        size = f.get("size")
+        if type(size) is not int:  # a foreign layer's size may be unknown (-1, schema 1)
+            raise _malformed(f"a foreign layer of {digest} has no integer size")
+        foreign.append(
+            BlobRef(
+                _str(f.get("digest"), f"a foreign layer of {digest}"),
+                size,
+                _str(f.get("mediaType"), f"a foreign layer's mediaType in {digest}"),
+                _strs(f.get("urls", []), f"a foreign layer's urls in {digest}"),
+            )
+        )
+    children = []
+    for c in _list(m.get("children", []), f"the children of {digest}"):
+        c = _map(c, f"a child of {digest}")
+        children.append(
+            ChildRef(
+                _str(c.get("digest"), f"a child of {digest}"),
+                _size(c.get("size"), f"a child's size in {digest}"),
+                _str(c.get("mediaType"), f"a child's mediaType in {digest}"),
+                _opt_str(c.get("platform"), f"a child's platform in {digest}"),
+            )
+        )
     return Manifest(
         digest,
-        str(m["mediaType"]),
-        int(m["size"]),
-        tuple(m["blobs"]),
-        tuple(
-            BlobRef(f["digest"], int(f["size"]), f["mediaType"], tuple(f.get("urls", ())))
-            for f in m.get("foreign", ())
-        ),
-        tuple(
-            ChildRef(c["digest"], int(c["size"]), c["mediaType"], c.get("platform"))
-            for c in m.get("children", ())
-        ),
-        m.get("subject"),
-        m.get("artifactType"),
+        _str(m.get("mediaType"), f"the mediaType of {digest}"),
+        _size(m.get("size"), f"the size of {digest}"),
+        _strs(m.get("blobs"), f"the blobs of {digest}"),
+        tuple(foreign),
+        tuple(children),
+        _opt_str(m.get("subject"), f"the subject of {digest}"),
+        _opt_str(m.get("artifactType"), f"the artifactType of {digest}"),
     )
 
 
 def check_version(version: Any) -> None:
     if not (
-        isinstance(version, list | tuple) and len(version) == 2 and all(isinstance(v, int) for v in version)
+        isinstance(version, list | tuple)
+        and len(version) == 2
+        and all(type(v) is int and v >= 0 for v in version)
     ):
         raise BundleFormatError(f"the bundle index has no valid version ({version!r})")
     if version[0] != VERSION[0]:

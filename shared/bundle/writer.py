@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import xxhash
 
 from ..digest import CHUNK, xxh3_of
-from ..errors import DigestMismatch
+from ..errors import BundleFormatError, DigestMismatch
 from ..model import Catalog, Manifest
 from ..store import BlobContent, SinkResult
 from .format import (
@@ -22,6 +22,7 @@ from .format import (
     encode_index,
     encode_trailer,
     oci_index,
+    validate_catalog,
 )
 from .tario import RECORD, BundleOutput, padding, tar_header
 
@@ -75,7 +76,17 @@ class BundleSink:
         return x
 
     def begin(self, catalog: Catalog) -> None:
-        self._index_xxh3 = self._bytes_member(INDEX_MEMBER, encode_index(catalog, self.info))
+        # the readers' own check, before a byte is written: a bundle ferry writes is always one its readers
+        # accept (a name or tag they would refuse must have been left out by the source, with its reason)
+        order = catalog.blob_order() + catalog.manifest_order()
+        try:
+            validate_catalog(catalog, order)
+        except BundleFormatError as e:
+            raise BundleFormatError(
+                f"refusing to write a bundle its readers would refuse: {e.reason}",
+                hint="This is a bug in ferry's export; please report it with the message above.",
+            ) from None
+        self._index_xxh3 = self._bytes_member(INDEX_MEMBER, encode_index(catalog, self.info, order))
         self._bytes_member(OCI_LAYOUT_MEMBER, OCI_LAYOUT)
         self._bytes_member(OCI_INDEX_MEMBER, oci_index(catalog))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import NotAStorageTree, SourceNotFound
+from ..errors import NotAStorageTree, SourceNotFound, SourceUnreadable
 from .paths import V2_SUFFIX
 
 
@@ -78,7 +78,8 @@ class TreeFS(Protocol):
     description: str
 
     def list_dir(self, path: str) -> list[tuple[str, bool]]:
-        """(name, is_dir) of each entry; empty when ``path`` is missing or not a directory."""
+        """(name, is_dir) of each entry; empty when ``path`` is missing or not a directory.  Every method
+        raises :class:`~shared.errors.SourceUnreadable` for what exists but cannot be read."""
         ...
 
     def read(self, path: str, limit: int) -> bytes | None:
@@ -107,11 +108,14 @@ class DirFS:
         return f"{self.v2}/{path}" if path else self.v2
 
     def list_dir(self, path: str) -> list[tuple[str, bool]]:
+        p = self._abs(path)
         try:
-            with os.scandir(self._abs(path)) as it:
+            with os.scandir(p) as it:
                 return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as e:
+            raise _unreadable(p, e) from None
 
     def read(self, path: str, limit: int) -> bytes | None:
         got = self.read_extent(path, limit)
@@ -125,10 +129,14 @@ class DirFS:
             fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            raise _unreadable(p, e) from None
         try:
             data = os.read(fd, limit)
         except (IsADirectoryError, BlockingIOError):
             return None
+        except OSError as e:
+            raise _unreadable(p, e) from None
         finally:
             os.close(fd)
         return data, Extent(p, 0, len(data))
@@ -139,6 +147,8 @@ class DirFS:
             st = os.stat(p)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            raise _unreadable(p, e) from None
         return Extent(p, 0, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
     def close(self) -> None:
@@ -212,6 +222,10 @@ class TarFS:
     def extent(self, path: str) -> Extent | None:
         loc = self._files.get(path)
         return Extent(self.tar_path, loc[0], loc[1]) if loc else None
+
+
+def _unreadable(path: str, e: OSError) -> SourceUnreadable:
+    return SourceUnreadable(path, f"unreadable ({e.strerror or e})")
 
 
 def _find_v2_prefix(parts: list[str]) -> str | None:

@@ -34,12 +34,41 @@ TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)
 NAME_MAX = 255
 
 
+def repository_problem(name: str) -> str | None:
+    """Why a registry cannot hold a repository of this name, or None when it can.
+
+    The one rule for names, applied by every writer (export leaves such a repository out and says why)
+    and every reader (a bundle index naming one is refused), so that ferry never writes what it would
+    refuse to read."""
+    if not isinstance(name, str):
+        return "the repository name is not a string"
+    if len(name) > NAME_MAX:
+        return f"invalid repository name (longer than {NAME_MAX} characters)"
+    if not REPOSITORY_RE.fullmatch(name):
+        return (
+            "invalid repository name (components of lower-case letters and digits, "
+            "separated by '.', '_', '__' or '-')"
+        )
+    return None
+
+
+def tag_problem(tag: str) -> str | None:
+    """Why a registry cannot serve a tag of this name, or None when it can (the same rule everywhere)."""
+    if not isinstance(tag, str):
+        return "the tag is not a string"
+    if not TAG_RE.fullmatch(tag):
+        if len(tag) > 128:
+            return "invalid tag name (longer than 128 characters)"
+        return "invalid tag name (letters, digits, '_', '.' and '-', not starting with '.' or '-')"
+    return None
+
+
 def valid_repository(name: str) -> bool:
-    return len(name) <= NAME_MAX and bool(REPOSITORY_RE.fullmatch(name))
+    return repository_problem(name) is None
 
 
 def valid_tag(tag: str) -> bool:
-    return bool(TAG_RE.fullmatch(tag))
+    return isinstance(tag, str) and TAG_RE.fullmatch(tag) is not None
 
 
 @dataclass(frozen=True)
@@ -176,6 +205,8 @@ __all__ = [
     "TagIndexEntryLink",
     "TagsDir",
     "parse_link",
+    "repository_problem",
+    "tag_problem",
     "valid_repository",
     "valid_tag",
 ]

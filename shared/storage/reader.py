@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ..digest import Digest, digest_of, xxh3_of
-from ..errors import BrokenImage, BrokenImages
+from ..errors import BrokenImage, BrokenImages, SourceUnreadable
 from ..hashing import HashJob, HashPool, HashProcess, RangeHashes
 from ..manifest import ManifestError, ManifestInfo, parse_manifest
 from ..model import Blob, Catalog, Manifest, Repository, Skipped
@@ -43,7 +43,8 @@ from .paths import (
     TagCurrentLink,
     TagsDir,
     parse_link,
-    valid_repository,
+    repository_problem,
+    tag_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -121,23 +122,36 @@ class _Tree:
         self._manifests: dict[str, _Loaded] = {}
         self._blob_extents: dict[str, Extent | None] = {}
         self.kept = 0  # bytes of manifests kept in memory
+        #: what could not be read where no image is known yet (a tag's link, a folder): broken, like an
+        #: image whose manifest cannot be read
+        self.unreadable: list[BrokenImage] = []
 
     def p(self, spec: PathSpec) -> str:
         return self.layout.path(spec)
 
-    def repositories(self) -> Iterator[str]:
-        def walk(rel: str, name: str) -> Iterator[str]:
-            dirs = sorted(n for n, is_dir in self.fs.list_dir(rel) if is_dir)
+    def repositories(self, skipped: list[Skipped]) -> Iterator[str]:
+        """Every repository (a folder holding ``_manifests``, at any depth), in name order; a folder whose
+        name a registry cannot serve, or that cannot be read, is added to ``skipped`` with why.
+
+        Iterative, not recursive: a hostile or broken tree may nest folders thousands deep."""
+        stack = [(self.p(RepositoriesRoot()), "")]
+        while stack:
+            rel, name = stack.pop()
+            try:
+                dirs = sorted((n for n, is_dir in self.fs.list_dir(rel) if is_dir), reverse=True)
+            except SourceUnreadable as e:
+                # what is in there cannot be known: as broken as an image whose manifest cannot be read
+                self.unreadable.append(BrokenImage(name or "(repositories)", None, "", e.reason))
+                continue
             if "_manifests" in dirs and name:
-                if valid_repository(name):
+                problem = repository_problem(name)
+                if problem is None:
                     yield name
                 else:
-                    log.warning("skipping %r: not a valid repository name", name)
-            for d in dirs:
-                if not d.startswith("_"):
-                    yield from walk(f"{rel}/{d}", f"{name}/{d}" if name else d)
-
-        yield from walk(self.p(RepositoriesRoot()), "")
+                    log.warning("skipping %r: %s", name, problem)
+                    skipped.append(Skipped(name, None, None, problem))
+            # reversed onto the stack: popped in name order, a repository before the ones inside it
+            stack.extend((f"{rel}/{d}", f"{name}/{d}" if name else d) for d in dirs if not d.startswith("_"))
 
     def _link(self, path: str) -> Digest | str | None:
         raw = self.fs.read(path, LINK_MAX)
@@ -154,7 +168,17 @@ class _Tree:
         for tag, is_dir in sorted(self.fs.list_dir(self.p(TagsDir(repo)))):
             if not is_dir:
                 continue
-            link = self._link(self.p(TagCurrentLink(repo, tag)))
+            problem = tag_problem(tag)
+            if problem is not None:
+                # the same rule every bundle reader applies: a tag it would refuse never reaches the index
+                log.warning("skipping %s:%r: %s", repo, tag, problem)
+                bad.append(Skipped(repo, tag, None, problem))
+                continue
+            try:
+                link = self._link(self.p(TagCurrentLink(repo, tag)))
+            except SourceUnreadable as e:
+                self.unreadable.append(BrokenImage(repo, tag, "", f"tag link {e.reason}"))
+                continue
             if isinstance(link, Digest):
                 tags[tag] = str(link)
             else:
@@ -173,7 +197,13 @@ class _Tree:
             if not is_dir:
                 continue
             for hexd, is_dir2 in self.fs.list_dir(f"{base}/{alg}"):
-                link = self._link(f"{base}/{alg}/{hexd}/link") if is_dir2 else None
+                try:
+                    link = self._link(f"{base}/{alg}/{hexd}/link") if is_dir2 else None
+                except SourceUnreadable as e:
+                    self.unreadable.append(
+                        BrokenImage(repo, None, f"{alg}:{hexd}", f"revision link {e.reason}")
+                    )
+                    continue
                 # a revision folder whose link is gone was deleted through the API
                 if isinstance(link, Digest) and str(link) == f"{alg}:{hexd}":
                     out.add(str(link))
@@ -181,19 +211,31 @@ class _Tree:
 
     def blob_extent(self, digest: str) -> Extent | None:
         if digest not in self._blob_extents:
-            self._blob_extents[digest] = self.fs.extent(self.p(BlobData(Digest.parse(digest))))
+            try:
+                ext = self.fs.extent(self.p(BlobData(Digest.parse(digest))))
+            except SourceUnreadable:
+                ext = None  # reported as missing: the registry cannot serve it either
+            self._blob_extents[digest] = ext
         return self._blob_extents[digest]
 
     def has_revision(self, repo: str, digest: str) -> bool:
-        """Whether ``repo`` links the manifest ``digest`` (its revision link names that digest)."""
-        link = self._link(self.p(ManifestRevisionLink(repo, Digest.parse(digest))))
+        """Whether ``repo`` links the manifest ``digest`` (its revision link names that digest); an
+        unreadable link is not one the registry could follow either."""
+        try:
+            link = self._link(self.p(ManifestRevisionLink(repo, Digest.parse(digest))))
+        except SourceUnreadable:
+            return False
         return isinstance(link, Digest) and str(link) == digest
 
     def manifest(self, digest: str) -> _Loaded:
         got = self._manifests.get(digest)
         if got is not None:
             return got
-        found = self.fs.read_extent(self.p(BlobData(Digest.parse(digest))), MANIFEST_MAX + 1)
+        try:
+            found = self.fs.read_extent(self.p(BlobData(Digest.parse(digest))), MANIFEST_MAX + 1)
+        except SourceUnreadable as e:
+            got = self._manifests[digest] = _Loaded(None, f"manifest data {e.reason}", None, None)
+            return got
         if found is None:
             got = _Loaded(None, "manifest data missing", None, None)
         elif len(found[0]) > MANIFEST_MAX:
@@ -224,36 +266,44 @@ class _Root:
 
 
 def _follow(tree: _Tree, root: _Root, linked: Callable[[str], bool], hasher: _Hasher) -> None:
-    seen: set[str] = set()
+    """Every manifest and blob the image needs, into ``root.closure`` (a manifest, the closures of its
+    children, then its own blobs), and what is wrong with them into ``root.problems``.
 
-    def visit(d: str) -> None:
+    Iterative, with the order a recursive walk would give: an index may nest others thousands deep in a
+    hostile tree.  A frame is (digest, False) before the manifest is entered, (digest, True) for its blobs
+    once its children are done."""
+    seen: set[str] = set()
+    stack: list[tuple[str, bool]] = [(root.digest, False)]
+    while stack:
+        d, blobs_now = stack.pop()
+        info = tree.manifest(d).info
+        if blobs_now:
+            assert info is not None
+            for b in info.blobs:
+                if b.digest in seen:
+                    continue
+                ext = tree.blob_extent(b.digest)
+                if ext is None:
+                    if not b.foreign:
+                        root.problems.append(("blob missing", b.digest))
+                    continue
+                seen.add(b.digest)
+                hasher.add(b.digest, ext)
+                if b.size >= 0 and ext.size != b.size:
+                    root.problems.append((f"blob is {ext.size} bytes, manifest says {b.size}", b.digest))
+                root.closure.append(b.digest)
+            continue
         if d in seen:
-            return
+            continue
         seen.add(d)
         root.closure.append(d)
         if not linked(d):
             root.problems.append(("manifest is not linked in the repository (no revision link)", d))
-        loaded = tree.manifest(d)
-        if loaded.info is None:
-            root.problems.append((loaded.problem or "manifest unreadable", d))
-            return
-        for child in loaded.info.children:
-            visit(child.digest)
-        for b in loaded.info.blobs:
-            if b.digest in seen:
-                continue
-            ext = tree.blob_extent(b.digest)
-            if ext is None:
-                if not b.foreign:
-                    root.problems.append(("blob missing", b.digest))
-                continue
-            seen.add(b.digest)
-            hasher.add(b.digest, ext)
-            if b.size >= 0 and ext.size != b.size:
-                root.problems.append((f"blob is {ext.size} bytes, manifest says {b.size}", b.digest))
-            root.closure.append(b.digest)
-
-    visit(root.digest)
+        if info is None:
+            root.problems.append((tree.manifest(d).problem or "manifest unreadable", d))
+            continue
+        stack.append((d, True))
+        stack.extend((c.digest, False) for c in reversed(info.children))
 
 
 def _reachable(tree: _Tree, digests: list[str]) -> set[str]:
@@ -405,8 +455,12 @@ def _walk(
 ) -> None:
     # one thread: walking repositories on several threads was measured slower, not faster (GIL handoffs
     # around every tiny file-system call)
-    for repo in tree.repositories():
-        repo_roots, repo_skipped = _walk_repository(tree, repo, sel, hasher)
+    for repo in tree.repositories(skipped):
+        try:
+            repo_roots, repo_skipped = _walk_repository(tree, repo, sel, hasher)
+        except SourceUnreadable as e:
+            tree.unreadable.append(BrokenImage(repo, None, "", e.reason))
+            continue
         roots += repo_roots
         skipped += repo_skipped
         on_progress(Progress("scan", len(roots), 0, unit="images"))
@@ -426,13 +480,13 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     except BaseException:
         hasher.abort()
         raise
-    defer = options.defer_hashing and not any(r.problems for r in roots)
+    defer = options.defer_hashing and not tree.unreadable and not any(r.problems for r in roots)
     if not defer:
         # a broken image is reported with everything else that is wrong: hash before deciding
         hasher.finish()
     blob_xxh3, bad_blobs = hasher.xxh3, hasher.bad
 
-    broken: list[BrokenImage] = []
+    broken: list[BrokenImage] = [b for b in tree.unreadable if sel.wants(b.repository, b.tag)]
     good: list[_Root] = []
     for r in roots:
         problems = r.problems + [(bad_blobs[d], d) for d in r.closure if d in bad_blobs]
@@ -442,7 +496,7 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
             good.append(r)
     if broken and not options.skip_broken:
         raise BrokenImages(tuple(broken))
-    skipped += [Skipped(b.repository, b.tag, b.digest, b.reason, b.missing) for b in broken]
+    skipped += [Skipped(b.repository, b.tag, b.digest or None, b.reason, b.missing) for b in broken]
 
     # deferred, nothing was collected yet: the kept bytes reach the copy through ``pending``
     return _build(tree, good, skipped, blob_xxh3, hasher.data, tuple(broken), hasher if defer else None)
