@@ -20,17 +20,14 @@ from pathlib import Path
 
 from shared.bundle.format import (
     INDEX_MEMBER,
-    OCI_INDEX_MEMBER,
-    OCI_LAYOUT_MEMBER,
     TRAILER_MEMBER,
-    blob_member,
     member_digest,
 )
 from shared.bundle.reader import Bundle, Member, plan_from_trailer
 from shared.bundle.tario import VolumeSet
 from shared.digest import xxh3_of
 from shared.errors import BundleDamaged
-from shared.hashing import Check, CheckProcess, check_mapped
+from shared.hashing import Check, CheckProcess, Mismatches, Xxh3s, check_mapped
 from shared.progress import Progress, ProgressCallback, no_progress
 
 
@@ -167,8 +164,8 @@ def _verify(
         try:
             b.scan()
         finally:
-            early_bad = hashing.result()
-    ahead_bad, ahead_did = ahead.result() if ahead is not None else ({}, [])
+            early_bad, early_x = hashing.result()
+    (ahead_bad, ahead_x), ahead_did = ahead.result() if ahead is not None else (({}, {}), [])
     ahead_plan = {name: Member(name, offset, size) for name, offset, size in ahead_did}
     if ahead is not None:  # its bytes count now: the threads here reported only their own
         on_progress(Progress("verify", total, total, files=len(catalog.blobs) + len(catalog.manifests)))
@@ -176,7 +173,6 @@ def _verify(
     for m in b.members:
         if m.name != TRAILER_MEMBER:
             members.setdefault(m.name, m)
-    trailer = {n: x for n, _, x in b.trailer.members} if b.trailer else {}
     checks: list[Check] = []
     for name, m in members.items():
         if (
@@ -189,13 +185,14 @@ def _verify(
         digest = None if opts.quick else member_digest(name)
         if digest is not None:
             checks.append(_blob_check(b.data, m, digest))
-        elif name in trailer:
-            checks.append((name, b.data.pieces(m.offset, m.size), None, trailer[name]))
-    bad = check_mapped(checks, jobs)
+        else:
+            checks.append((name, b.data.pieces(m.offset, m.size), None, None))
+    bad, xxh3s = check_mapped(checks, jobs)
     # what was hashed on the plan counts where the tar has the member there (else it was hashed again)
-    bad.update((k, v) for k, v in early_bad.items() if members.get(k) == early[k])
-    bad.update((k, v) for k, v in ahead_bad.items() if members.get(k) == ahead_plan[k])
-    problems = _problems(b, members, trailer, bad)
+    for plan_of, plan_bad, plan_x in ((early, early_bad, early_x), (ahead_plan, ahead_bad, ahead_x)):
+        bad.update((k, v) for k, v in plan_bad.items() if members.get(k) == plan_of[k])
+        xxh3s.update((k, v) for k, v in plan_x.items() if members.get(k) == plan_of[k])
+    problems = _problems(b, members, bad, xxh3s)
     if problems:
         n_bad = len({p["member"] for p in problems})
         broken = {i for p in problems for i in p.get("images", [])}  # type: ignore[attr-defined]
@@ -223,15 +220,15 @@ def _blob_check(data: VolumeSet, m: Member, digest: str) -> Check:
 def _problems(
     b: Bundle,
     members: dict[str, Member],
-    trailer: dict[str, str],
-    bad: dict[str, tuple[str | None, str]],
+    bad: Mismatches,
+    xxh3s: Xxh3s,
 ) -> list[dict[str, object]]:
     """Everything wrong with the bundle, each naming its member, volume(s) and the images it breaks.
 
-    ``members`` is the first member of each name; ``trailer`` each member's xxh3 as the trailer lists it
-    (empty without a trailer); ``bad`` maps each member whose bytes did not match to
-    what they hash to: (its digest's algorithm, hex) for a blob, (None, xxh3) for one checked against the
-    trailer."""
+    The structure is the reader's one check (:meth:`Bundle.problems`: members against the index and the
+    trailer, truncation, volumes, the end); then content: ``members`` is the first member of each name,
+    ``bad`` maps each blob whose bytes do not match its name to (algorithm, actual hex), and ``xxh3s``
+    holds the xxh3 of every member that was hashed, each compared here with the trailer."""
     problems: list[dict[str, object]] = []
     end = b.data.size
 
@@ -245,54 +242,18 @@ def _problems(
             entry["digest"] = digest
         problems.append(entry)
 
-    # volumes: all but the last must be exactly volume_size (a byte split)
-    vs, vols = b.info.volume_size, b.data.volumes
-    if vs and len(vols) > 1:
-        for v in vols[:-1]:
-            if v.size != vs:
-                problems.append(
-                    {
-                        "member": None,
-                        "problem": f"volume is {v.size} bytes, expected {vs}",
-                        "volumes": [v.path.name],
-                    }
-                )
-
-    sizes = {blob_member(d): b.catalog.size_of(d) for d in b.order}
-    expected = [INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER, *sizes]
-    expected_set = set(expected)
-    seen: set[str] = set()
-    for m in b.members:
-        if m.name == TRAILER_MEMBER:
-            continue
-        if m.name in seen:
-            problem(m.name, "member appears twice", m.offset, m.size)
-        elif m.name not in expected_set:
-            problem(m.name, "unexpected member (not in the index)", m.offset, m.size)
-        seen.add(m.name)
-    for name in expected:
-        first = members.get(name)
-        if first is None:
-            problem(name, "missing (bundle truncated or altered)", end, 0, member_digest(name))
-        elif name in sizes and first.size != sizes[name]:
-            problem(
-                name,
-                f"is {first.size} bytes, the index says {sizes[name]}",
-                first.offset,
-                first.size,
-                member_digest(name),
-            )
-    if b.scan_error is not None:
-        problem(None, b.scan_error.message, end, 0)
-    if b.trailer is None:
-        problem(TRAILER_MEMBER, "trailer missing: the bundle is truncated", end, 0)
-
-    for name, m in members.items():
-        if m.offset + m.size > end:
-            present = max(0, end - m.offset)
-            problem(
-                name, f"truncated: {present} of {m.size} bytes present", m.offset, m.size, member_digest(name)
-            )
+    for found in b.problems():
+        entry: dict[str, object] = {
+            "member": found.member,
+            "problem": found.what,
+            "volumes": list(found.volumes)
+            if found.volumes is not None
+            else b.volume_names(found.offset, found.size),
+        }
+        if found.digest is not None:
+            entry["digest"] = found.digest
+        problems.append(entry)
+    trailer = {n: x for n, _, x in b.trailer.members} if b.trailer else {}
     index = members.get(INDEX_MEMBER)
     if index is not None and b.trailer is not None and index.offset + index.size <= end:
         x = xxh3_of(b.data.read_exact(index.offset, index.size))
@@ -307,12 +268,17 @@ def _problems(
             problem(INDEX_MEMBER, "index checksum does not match the trailer", index.offset, index.size)
     for name, (alg, got) in bad.items():
         m = members[name]
-        digest = member_digest(name)
-        if alg is not None:
-            problem(name, f"content hashes to {alg}:{got}", m.offset, m.size, digest)
-        else:
+        problem(name, f"content hashes to {alg}:{got}", m.offset, m.size, member_digest(name))
+    for name, got in xxh3s.items():
+        want = trailer.get(name)
+        if want is not None and got != want and name not in bad:
+            m = members[name]
             problem(
-                name, "xxh3 does not match the trailer (bytes changed in transit)", m.offset, m.size, digest
+                name,
+                "xxh3 does not match the trailer (bytes changed in transit)",
+                m.offset,
+                m.size,
+                member_digest(name),
             )
     if any("digest" in p for p in problems):
         # which images each damaged blob breaks: worth walking every image only when something is damaged

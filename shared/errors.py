@@ -164,9 +164,11 @@ class BundleDamaged(FerryError):
     code = "bundle-damaged"
     default_hint = "Copy the damaged volume(s) again from the origin and re-run `ferry verify`."
 
-    def __init__(self, summary: str, problems: tuple[dict[str, object], ...]) -> None:
+    def __init__(
+        self, summary: str, problems: tuple[dict[str, object], ...], *, hint: str | None = None
+    ) -> None:
         self.problems = problems
-        super().__init__(summary)
+        super().__init__(summary, hint=hint)
 
     def to_dict(self) -> dict[str, object]:
         d = super().to_dict()

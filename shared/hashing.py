@@ -277,29 +277,36 @@ def _hash(job: HashJob, view: memoryview) -> RangeHashes:
 
 
 def _hash_mapped(view: memoryview, offset: int, size: int, h: Any, x: Any) -> None:
-    """Hash straight from a mapping of the page cache: no copy into a buffer."""
-    for i in range(offset, offset + size, MAP_STEP):
-        with view[i : min(i + MAP_STEP, offset + size)] as part:
+    """Hash straight from a mapping of the page cache: no copy into a buffer.  With two hashes, in steps
+    that stay in the cache between the first and the second."""
+    step = MAP_STEP if h is None or x is None else 1 << 20
+    for i in range(offset, offset + size, step):
+        with view[i : min(i + step, offset + size)] as part:
             if h is not None:
                 h.update(part)
             if x is not None:
                 x.update(part)
 
 
-#: (key, pieces of a mapping, algorithm or None for xxh3-128, expected hex)
-Check = tuple[str, Sequence[tuple[memoryview, int, int]], str | None, str]
+#: (key, pieces of a mapping, content digest algorithm or None, its expected hex or None)
+Check = tuple[str, Sequence[tuple[memoryview, int, int]], str | None, str | None]
+#: key -> (algorithm, actual hex) of every content digest that did not match
+Mismatches = dict[str, tuple[str, str]]
+#: key -> the xxh3-128 of what was hashed, for every check: compared with the trailer by the caller
+Xxh3s = dict[str, str]
 
 
 def check_mapped(
     checks: Sequence[Check], jobs: int, on_done: Callable[[int, int], None] | None = None
-) -> dict[str, tuple[str | None, str]]:
-    """Hash each check's mapped pieces on ``jobs`` threads; returns key -> (algorithm, actual hex) of every
-    mismatch.
+) -> tuple[Mismatches, Xxh3s]:
+    """Hash each check's mapped pieces on ``jobs`` threads: always xxh3-128 (every member's bytes are
+    compared with the trailer), and the content digest where one is given.  Returns the content digest
+    mismatches and every member's xxh3.
 
     Made for a verifier, where almost everything matches: per item there is no result object, no lock and
-    no callback, only a comparison (a bundle of 5000 tags has 15k members, half of them under 1 KiB, so
-    the bookkeeping would cost more than the hashing).  ``on_done(bytes, items)`` runs on the calling
-    thread as batches complete, in order."""
+    no callback, only a comparison and one dict entry (a bundle of 5000 tags has 15k members, half of them
+    under 1 KiB, so more bookkeeping would cost more than the hashing).  ``on_done(bytes, items)`` runs on
+    the calling thread as batches complete, in order."""
     total = sum(n for _, pieces, _, _ in checks for _, _, n in pieces)
     # a few batches per thread and percent: small enough that the last one does not leave a core idle
     limit = max(4 << 20, min(64 << 20, total // (max(1, jobs) * 16)))
@@ -311,23 +318,24 @@ def check_mapped(
             size = 0
         batches[-1].append(c)
         size += sum(n for _, _, n in c[1])
-    bad: dict[str, tuple[str | None, str]] = {}
+    bad: Mismatches = {}
+    xxh3s: Xxh3s = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="ferry-check") as pool:
         futures = [pool.submit(_check_batch, batch) for batch in batches if batch]
         done_bytes = done_items = 0
         for f in futures:
-            failed, n_bytes, n_items = f.result()
+            failed, xs, n_bytes, n_items = f.result()
             bad.update(failed)
+            xxh3s.update(xs)
             done_bytes += n_bytes
             done_items += n_items
             if on_done is not None:
                 on_done(done_bytes, done_items)
-    return bad
+    return bad, xxh3s
 
 
 #: what a :class:`CheckProcess` child plans: the checks, and a note (picklable) on what they cover
 Planner = Callable[[], tuple[Sequence[Check], Any]]
-Mismatches = dict[str, tuple[str | None, str]]
 
 
 class CheckProcess:
@@ -341,30 +349,36 @@ class CheckProcess:
     def __init__(self, plan: Planner) -> None:
         self._worker = Worker(_check_child, plan, name="ferry-check")
 
-    def result(self) -> tuple[Mismatches, Any]:
-        return cast(tuple[Mismatches, Any], self._worker.result())
+    def result(self) -> tuple[tuple[Mismatches, Xxh3s], Any]:
+        return cast(tuple[tuple[Mismatches, Xxh3s], Any], self._worker.result())
 
     def abort(self) -> None:
         self._worker.abort()
 
 
-def _check_child(channel: Channel, plan: Planner) -> tuple[Mismatches, Any]:
+def _check_child(channel: Channel, plan: Planner) -> tuple[tuple[Mismatches, Xxh3s], Any]:
     checks, note = plan()
     return check_mapped(checks, 1), note
 
 
-def _check_batch(batch: list[Check]) -> tuple[list[tuple[str, tuple[str | None, str]]], int, int]:
-    failed: list[tuple[str, tuple[str | None, str]]] = []
+def _check_batch(
+    batch: list[Check],
+) -> tuple[list[tuple[str, tuple[str, str]]], list[tuple[str, str]], int, int]:
+    failed: list[tuple[str, tuple[str, str]]] = []
+    xs: list[tuple[str, str]] = []
     n_bytes = 0
     for key, pieces, alg, want in batch:
-        h = xxhash.xxh3_128() if alg is None else _new_hash(alg)
+        h = _new_hash(alg) if alg is not None else None
+        x = xxhash.xxh3_128()
         for view, offset, size in pieces:
-            _hash_mapped(view, offset, size, h, None)
+            _hash_mapped(view, offset, size, h, x)
             n_bytes += size
-        got = h.hexdigest()
-        if got != want:
-            failed.append((key, (alg, got)))
-    return failed, n_bytes, len(batch)
+        xs.append((key, x.hexdigest()))
+        if h is not None and alg is not None:
+            got = h.hexdigest()
+            if got != want:
+                failed.append((key, (alg, got)))
+    return failed, xs, n_bytes, len(batch)
 
 
 __all__ = [
@@ -373,8 +387,10 @@ __all__ = [
     "HashJob",
     "HashPool",
     "HashProcess",
+    "Mismatches",
     "Piece",
     "RangeHashes",
     "ResultCallback",
+    "Xxh3s",
     "check_mapped",
 ]

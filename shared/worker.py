@@ -95,7 +95,13 @@ class Worker:
             target=_child_main, args=(target, args, child, os.getpid()), daemon=True, name=name
         )
         _parent_ends.add(self._conn)  # before the fork: the child closes its copy of this end too
-        self._proc.start()
+        # SIGTERM waits (blocked) until the child has its own handler: before that it would run the
+        # parent's (the CLI's), in the child
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            self._proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         child.close()
 
     @property
@@ -176,9 +182,10 @@ def _child_main(target: Callable[..., Any], args: tuple[Any, ...], conn: Connect
     for end in list(_parent_ends):
         with contextlib.suppress(OSError):
             end.close()
-    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    _die_with_parent(parent)
     _detach_stdio()
     try:
         result = target(Channel(conn), *args)

@@ -21,8 +21,9 @@ from .format import (
     blob_member,
     decode_index,
     decode_trailer,
+    member_digest,
 )
-from .tario import BLOCK, VolumeSet, find_volumes, iter_members
+from .tario import BLOCK, RECORD, VolumeSet, find_volumes, iter_members, volume_name_after
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Bundle:
             raw = data.read_exact(first.offset_data, first.size)
             if len(raw) != first.size:
                 raise BundleFormatError(f"{path}: truncated inside the index", offset=data.size)
-            catalog, info, order = decode_index(raw)
+            catalog, info, order = decode_index(raw, bundle_size=data.size)
         except BaseException:
             data.close()
             raise
@@ -187,10 +188,193 @@ class Bundle:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def problems(self) -> list[Problem]:
+        """Everything structurally wrong with the bundle, each naming its member and where it is: the
+        member list against the index and the trailer (:func:`check_members`, the one check every reader
+        makes), truncation, a damaged header, the volumes, and anything after the end.  Call after
+        :meth:`scan`.  Content (hashes) is not read here."""
+        out = check_members(self.members, self.trailer, self.catalog, self.order)
+        end = self.data.size
+        if self.scan_error is not None:
+            out.append(Problem(None, self.scan_error.message, end, 0))
+        if self.trailer is None:
+            out.append(Problem(TRAILER_MEMBER, "trailer missing: the bundle is truncated", end, 0))
+        for m in self.members:
+            if m.offset + m.size > end:
+                present = max(0, end - m.offset)
+                what = f"truncated: {present} of {m.size} bytes present"
+                out.append(Problem(m.name, what, m.offset, m.size, member_digest(m.name)))
+        out += self._volume_problems()
+        out += self._end_problems()
+        return out
+
+    def _volume_problems(self) -> list[Problem]:
+        """A byte split: every volume but the last is exactly ``volume_size``; a set whose last volume is
+        full and that ends before its trailer lacks the next volume."""
+        vs, vols = self.info.volume_size, self.data.volumes
+        out: list[Problem] = []
+        if not vs or len(vols) < 1:
+            return out
+        last = self._last_volume()
+        for v in vols[: last if last is not None else len(vols) - 1]:
+            if v.size != vs:
+                out.append(
+                    Problem(None, f"volume is {v.size} bytes, expected {vs}", 0, 0, volumes=(v.path.name,))
+                )
+        if self.trailer is None and vols[-1].size == vs:
+            nxt = volume_name_after(vols[-1].path)
+            out.append(
+                Problem(
+                    None,
+                    f"the set ends with a full volume and no trailer: volume {nxt} (and any after it) is missing",
+                    0,
+                    0,
+                    volumes=(nxt,),
+                )
+            )
+        return out
+
+    def _bundle_end(self) -> int | None:
+        """Where the bundle ends by its own structure (after the trailer, two zero blocks and the padding
+        to a record), or None without a trailer."""
+        t = next((m for m in reversed(self.members) if m.name == TRAILER_MEMBER), None)
+        if t is None or self.trailer is None:
+            return None
+        after = t.offset + t.size + (-t.size % BLOCK) + 2 * BLOCK
+        return after + (-after % RECORD)
+
+    def _last_volume(self) -> int | None:
+        """Index of the volume that holds the bundle's last byte, when the bundle's end is known."""
+        end = self._bundle_end()
+        if end is None:
+            return None
+        for i, v in enumerate(self.data.volumes):
+            if v.start < end <= v.start + v.size:
+                return i
+        return None
+
+    def _end_problems(self) -> list[Problem]:
+        end = self._bundle_end()
+        if end is None:
+            return []
+        t = next(m for m in reversed(self.members) if m.name == TRAILER_MEMBER)
+        data_end = t.offset + t.size
+        out: list[Problem] = []
+        if self.data.size < end:
+            out.append(
+                Problem(
+                    None,
+                    f"the bundle ends {end - self.data.size} bytes early, inside its end-of-archive blocks",
+                    self.data.size,
+                    0,
+                )
+            )
+        elif self.data.size > end:
+            extra = [v.path.name for v in self.data.volumes if v.start + v.size > end and v.size > 0]
+            whole = [v.path.name for v in self.data.volumes if v.start >= end and v.size > 0]
+            what = (
+                f"not part of this bundle: it lies after the bundle's end ({self.data.size - end} extra bytes)"
+                if whole
+                else f"{self.data.size - end} bytes of extra data after the end of the bundle"
+            )
+            out.append(Problem(None, what, end, self.data.size - end, volumes=tuple(whole or extra)))
+        tail = self.data.read_exact(data_end, min(end, self.data.size) - data_end)
+        if tail.strip(b"\0"):
+            out.append(
+                Problem(
+                    None, "the end-of-archive blocks after the trailer are not zeros", data_end, len(tail)
+                )
+            )
+        return out
+
     def volume_names(self, offset: int, size: int) -> list[str]:
         return [self.data.volumes[i].path.name for i, _ in self.data.extents(offset, max(size, 1))] or [
             self.data.volumes[-1].path.name
         ]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a bundle: the member (None: the bundle as a whole), what, and where."""
+
+    member: str | None
+    what: str
+    offset: int
+    size: int
+    digest: str | None = None
+    #: the volumes to name, when not those holding [offset, offset + size)
+    volumes: tuple[str, ...] | None = None
+
+
+def check_members(
+    members: list[Member], trailer: Trailer | None, catalog: Catalog, order: list[str]
+) -> list[Problem]:
+    """The member list a reader found against what the index promises and the trailer lists.
+
+    The one member check of every reader (verify, file and stream restore, push): exactly the index, the
+    two OCI layout files and the index's blobs in its order, each once with its size, then the trailer;
+    nothing else (no second index, no name the index does not list, whatever its form: ``../../x``, an
+    absolute or a GNU long name).  The trailer must list exactly those members, in that order, with
+    their sizes: a trailer that leaves one out could hide a damaged member from ``verify --quick``."""
+    out: list[Problem] = []
+    sizes = {blob_member(d): catalog.size_of(d) for d in order}
+    expected = [INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER, *sizes]
+    expected_set = set(expected)
+    first: dict[str, Member] = {}
+    body = [m for m in members if m.name != TRAILER_MEMBER]
+    trailers = [m for m in members if m.name == TRAILER_MEMBER]
+    for m in body:
+        if m.name in first:
+            out.append(Problem(m.name, "member appears twice", m.offset, m.size, member_digest(m.name)))
+            continue
+        first[m.name] = m
+        if m.name not in expected_set:
+            out.append(Problem(m.name, "unexpected member (not in the index)", m.offset, m.size))
+    if len(trailers) > 1 or (trailers and members[-1].name != TRAILER_MEMBER):
+        t = trailers[-1]
+        out.append(
+            Problem(TRAILER_MEMBER, "the trailer is not the last member, or appears twice", t.offset, t.size)
+        )
+    end = members[-1].offset + members[-1].size if members else 0
+    for name in expected:
+        found = first.get(name)
+        if found is None:
+            out.append(Problem(name, "missing (bundle truncated or altered)", end, 0, member_digest(name)))
+        elif name in sizes and found.size != sizes[name]:
+            what = f"is {found.size} bytes, the index says {sizes[name]}"
+            out.append(Problem(name, what, found.offset, found.size, member_digest(name)))
+    if not out and [m.name for m in body] != expected:
+        out.append(Problem(None, "the members are not in the index's order", 0, 0))
+    if trailer is not None:
+        out += _trailer_problems(body, trailer, first)
+    return out
+
+
+def _trailer_problems(body: list[Member], trailer: Trailer, first: dict[str, Member]) -> list[Problem]:
+    out: list[Problem] = []
+    listed: dict[str, int] = {}
+    for name, size, _ in trailer.members:
+        if name in listed:
+            out.append(Problem(name, "listed twice in the trailer", 0, 0, member_digest(name)))
+        listed[name] = size
+    for m in body:
+        listed_size = listed.get(m.name)
+        if listed_size is None:
+            what = "not listed in the trailer (its checksum is unknown)"
+            out.append(Problem(m.name, what, m.offset, m.size, member_digest(m.name)))
+        elif listed_size != m.size:
+            what = f"the trailer says {listed_size} bytes, the tar holds {m.size}"
+            out.append(Problem(m.name, what, m.offset, m.size, member_digest(m.name)))
+    for name in listed:
+        if name not in first:
+            out.append(
+                Problem(name, "listed in the trailer but not in the bundle", 0, 0, member_digest(name))
+            )
+    if not out and [n for n, _, _ in trailer.members] != [m.name for m in body]:
+        out.append(
+            Problem(TRAILER_MEMBER, "the trailer lists the members in another order than the tar", 0, 0)
+        )
+    return out
 
 
 #: how far from the end :func:`plan_from_trailer` looks (a trailer takes about 110 bytes per member)
@@ -260,4 +444,4 @@ def _plain_header(hdr: bytes, name: str) -> int | None:
         return None
 
 
-__all__ = ["Bundle", "Member", "plan_from_trailer"]
+__all__ = ["Bundle", "Member", "Problem", "check_members", "plan_from_trailer"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import xxhash
 
@@ -35,11 +35,33 @@ from .format import (
     decode_trailer,
     member_digest,
 )
-from .reader import Bundle
+from .reader import Bundle, Member, Problem, check_members
 
 
 def _damaged(what: str) -> BundleDamaged:
     return BundleDamaged(what, ({"member": None, "problem": what, "volumes": []},))
+
+
+def _refused(where: str, problems: list[Problem], bundle: Bundle | None = None) -> BundleDamaged:
+    """The bundle is refused before anything is written: every problem, the first in the message."""
+    first = problems[0]
+    what = f"{first.member}: {first.what}" if first.member else first.what
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    details: list[dict[str, object]] = []
+    for p in problems:
+        vols = (
+            list(p.volumes)
+            if p.volumes is not None
+            else bundle.volume_names(p.offset, p.size)
+            if bundle
+            else []
+        )
+        details.append({"member": p.member, "problem": p.what, "volumes": vols})
+    return BundleDamaged(
+        f"{where}: refusing the bundle: {what}{more}; nothing was written",
+        tuple(details),
+        hint="Run `ferry verify` on it to see everything that is wrong, then copy it again from the origin.",
+    )
 
 
 class FileBundleSource:
@@ -54,14 +76,14 @@ class FileBundleSource:
                 raise _damaged(
                     f"{path}: the trailer is missing: the bundle is truncated or still being copied"
                 )
+            # the one structural check every reader makes (verify makes the same, and names everything)
+            problems = b.problems()
+            if problems:
+                raise _refused(str(path), problems, b)
             index_bytes = b.data.read_exact(b.index_member.offset, b.index_member.size)
             if xxh3_of(index_bytes) != b.trailer.index_xxh3:
                 raise _damaged(f"{path}: the index does not match the trailer's checksum")
             by_name = {m.name: m for m in b.members}
-            for d in b.order:
-                m = by_name.get(blob_member(d))
-                if m is None or m.size != b.catalog.size_of(d):
-                    raise _damaged(f"{path}: member {blob_member(d)} is missing or has the wrong size")
             self._members = [by_name[blob_member(d)] for d in b.order]
             self._xxh3 = {n: x for n, _, x in b.trailer.members}
         except BaseException:
@@ -81,6 +103,19 @@ class FileBundleSource:
         self.bundle.close()
 
 
+def _read_all(f: BinaryIO | Any, size: int) -> bytes:
+    """A whole member from the stream; a stream that ends inside it is a truncated bundle."""
+    try:
+        data = f.read()
+    except (tarfile.TarError, OSError) as e:
+        raise _damaged(
+            f"stdin ended inside a member ({e}): the bundle is truncated; no tag was written"
+        ) from None
+    if len(data) != size:
+        raise _damaged("stdin ended inside a member: the bundle is truncated; no tag was written")
+    return bytes(data)
+
+
 class _Tee:
     """Reads a tar member, computing its xxh3 on the way; ``finish`` reads what the consumer left."""
 
@@ -89,7 +124,14 @@ class _Tee:
         self.x = xxhash.xxh3_128()
 
     def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n if n >= 0 else self.size - self.read_n)
+        try:
+            data = self.f.read(n if n >= 0 else self.size - self.read_n)
+        except (tarfile.TarError, OSError) as e:
+            # raised in whoever reads the stream (a sink), not in the source's loop: name it here
+            raise _damaged(
+                f"stdin ended inside {getattr(self, 'name', 'a member')} ({e}): the bundle is truncated; "
+                "no tag was written"
+            ) from None
         self.x.update(data)
         self.read_n += len(data)
         return data
@@ -119,12 +161,16 @@ class StreamBundleSource:
             raise BundleFormatError("stdin: not a ferry bundle (the first member is not the ferry index)")
         f = self._tf.extractfile(first)
         assert f is not None
-        raw = f.read()
+        raw = _read_all(f, first.size)
         self._index_xxh3 = xxh3_of(raw)
+        self._index_at, self._index_size = first.offset_data, first.size
         self.catalog, self.info, self._order = decode_index(raw)
 
     def contents(self) -> Iterator[BlobContent]:
-        seen: dict[str, tuple[int, str]] = {}
+        # what arrived, for the one member check at the end (the same as for a file); refusals of what
+        # cannot be written at all (a foreign name, a member out of order) come at once
+        arrived = [Member(INDEX_MEMBER, self._index_at, self._index_size)]
+        xxh3s = {INDEX_MEMBER: self._index_xxh3}
         expected = [blob_member(d) for d in self._order]
         want = iter(expected)
         trailer = None
@@ -135,34 +181,35 @@ class StreamBundleSource:
                     raise BundleFormatError(f"member {ti.name!r} is not a regular file: refusing the bundle")
                 f = self._tf.extractfile(ti)
                 assert f is not None
+                arrived.append(Member(ti.name, ti.offset_data, ti.size))
                 if ti.name == TRAILER_MEMBER:
-                    trailer = decode_trailer(f.read())
+                    trailer = decode_trailer(_read_all(f, ti.size))
                     break
                 tee = _Tee(cast(BinaryIO, f), ti.size)
-                if ti.name in (OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER):
-                    seen[ti.name] = (ti.size, tee.finish())
+                if ti.name in (OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER) and len(arrived) <= 3:
+                    xxh3s[ti.name] = tee.finish()
                     continue
                 if ti.name != next(want, None):
                     raise BundleFormatError(
-                        f"unexpected member {ti.name!r}: the bundle does not follow its index"
+                        f"unexpected member {ti.name!r}: the bundle does not follow its index; refusing it"
                     )
                 digest = member_digest(ti.name)
                 assert digest is not None
                 if ti.size != self.catalog.size_of(digest):
                     raise BundleFormatError(f"member {ti.name} is {ti.size} bytes, the index says otherwise")
                 yield BlobContent(digest, ti.size, (), verified=False, stream=cast(BinaryIO, tee))
-                seen[ti.name] = (ti.size, tee.finish())
+                xxh3s[ti.name] = tee.finish()
         except tarfile.TarError as e:
-            raise _damaged(f"stdin: the bundle stream is damaged ({e})") from None
+            raise _damaged(f"stdin: the bundle stream is damaged ({e}); no tag was written") from None
         if trailer is None:
             raise _damaged("stdin ended before the trailer: the bundle is truncated; no tag was written")
+        problems = check_members(arrived, trailer, self.catalog, self._order)
+        if problems:
+            raise _refused("stdin", problems)
         if trailer.index_xxh3 != self._index_xxh3:
             raise _damaged("the index does not match the trailer's checksum; no tag was written")
-        listed = {n: (s, x) for n, s, x in trailer.members if n != INDEX_MEMBER}
-        if set(listed) != set(seen) or len(seen) != len(expected) + 2:
-            raise _damaged("the trailer does not list the members that arrived; no tag was written")
-        for name, got in seen.items():
-            if listed[name] != got:
+        for name, _, x in trailer.members:
+            if xxh3s.get(name) != x:
                 raise _damaged(f"{name} does not match the trailer's checksum; no tag was written")
 
     def close(self) -> None:

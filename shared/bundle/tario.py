@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BundleFormatError, DiskFull, OutputError, SourceNotFound
+from ..errors import BundleDamaged, BundleFormatError, DiskFull, OutputError, SourceNotFound
 from ..kcopy import KernelCopy
 from ..storage.fs import Extent
 
@@ -210,7 +210,8 @@ _VOL_RE = re.compile(r"^(.*)\.(\d{3})$")
 
 def find_volumes(path: Path) -> list[Path]:
     """The files that make up the bundle ``path`` names: itself, or ``X.000``, ``X.001``, … when ``path``
-    is ``X`` (absent) or any volume of the set."""
+    is ``X`` (absent) or any volume of the set.  A gap in the numbering is named (a missing middle volume
+    would otherwise look like a bundle truncated at the volume before it)."""
     if path.is_file():
         m = _VOL_RE.match(path.name)
         if not m:
@@ -221,14 +222,31 @@ def find_volumes(path: Path) -> list[Path]:
     else:
         raise SourceNotFound(f"{path}: no such bundle (nor {volume_name(path, 0).name})")
     first = volume_name(base, 0)
-    if not first.is_file():
+    numbers = sorted(
+        int(m.group(2))
+        for name in os.listdir(base.parent or ".")
+        if (m := _VOL_RE.match(name))
+        and m.group(1) == base.name
+        and volume_name(base, int(m.group(2))).is_file()
+    )
+    if not numbers or numbers[0] != 0:
         raise SourceNotFound(f"{first}: the first volume of this set is missing")
-    vols = []
-    n = 0
-    while (v := volume_name(base, n)).is_file():
-        vols.append(v)
-        n += 1
-    return vols
+    gaps = sorted(set(range(numbers[-1] + 1)) - set(numbers))
+    if gaps:
+        names = [volume_name(base, n).name for n in gaps]
+        what = f"volume{'s' if len(names) > 1 else ''} {', '.join(names)} missing from the set"
+        raise BundleDamaged(
+            f"{base}: {what} (found {len(numbers)} of {numbers[-1] + 1})",
+            tuple({"member": None, "problem": "volume missing", "volumes": [n]} for n in names),
+            hint="Copy the missing volume(s) from the origin, then run `ferry verify` again.",
+        )
+    return [volume_name(base, n) for n in numbers]
+
+
+def volume_name_after(path: Path) -> str:
+    """The name of the volume after ``X.NNN``."""
+    m = _VOL_RE.match(path.name)
+    return volume_name(path.with_name(m.group(1)), int(m.group(2)) + 1).name if m else path.name + ".001"
 
 
 class VolumeSet(io.RawIOBase):
@@ -397,4 +415,5 @@ __all__ = [
     "padding",
     "tar_header",
     "volume_name",
+    "volume_name_after",
 ]
