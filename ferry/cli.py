@@ -108,14 +108,17 @@ def _execute(fn: Callable[[], T], *, as_json: bool, quiet: bool, show: Callable[
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "--volume-size", minimum: int = 1) -> int:
     """``4G`` = 4·10⁹ (fits FAT32's 4 GiB - 1 limit), ``4GiB`` = 4·2³⁰, plain numbers are bytes."""
     m = _SIZE_RE.match(text)
     if not m:
-        raise UsageError(f"--volume-size {text!r}: not a size (examples: 4G, 700M, 2GiB, 1000000)")
+        raise UsageError(f"{option} {text!r}: not a size (examples: 4G, 700M, 2GiB, 1000000)")
     number, unit, binary = float(m.group(1)), m.group(2).lower(), bool(m.group(3))
     power = "_kmgt".index(unit) if unit else 0
-    return int(number * (1024 if binary else 1000) ** power)
+    size = int(number * (1024 if binary else 1000) ** power)
+    if size < minimum:
+        raise UsageError(f"{option} {text!r}: must be at least {minimum} bytes")
+    return size
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -181,6 +184,7 @@ def export(
     def go() -> ExportResult:
         from bundler.export import ExportOptions
         from bundler.export import run as run_export
+        from shared.bundle.tario import RECORD
         from shared.storage.reader import Selection
 
         if output == "-" and sys.stdout.isatty():
@@ -198,7 +202,7 @@ def export(
                 include=tuple(include or ()), exclude=tuple(exclude or ()), untagged=untagged
             ),
             skip_broken=skip_broken,
-            volume_size=parse_size(volume_size) if volume_size else None,
+            volume_size=parse_size(volume_size, "--volume-size", RECORD) if volume_size else None,
             jobs=jobs,
         )
         with render.progress(not quiet and not as_json) as on_progress:
@@ -400,13 +404,17 @@ def restore(
 
     def go() -> RestoreResult:
         from importer.harbor1 import HarborAccess
+        from importer.registry.client import parse_url
         from importer.restore import RestoreOptions
         from importer.restore import run as run_restore
 
         harbor = None
+        if password_stdin and not harbor_url:
+            raise UsageError("--password-stdin is the Harbor password: it needs --harbor-url")
         if harbor_url:
+            url = parse_url(harbor_url, option="--harbor-url", registry=False)
             pw = _password(password_stdin, bundle == "-", "FERRY_HARBOR_PASSWORD")
-            harbor = HarborAccess(harbor_url, harbor_user, pw, verify=not insecure)
+            harbor = HarborAccess(url, harbor_user, pw, verify=not insecure)
         opts = RestoreOptions(
             bundle=bundle,
             root=root,
@@ -558,7 +566,15 @@ def push(
     def go() -> PushResult:
         from importer.push import PushOptions, credentials_from
         from importer.push import run as run_push
+        from importer.registry.client import parse_url, ssl_context
 
+        if password_stdin and not username:
+            raise UsageError(
+                "--password-stdin needs --username (-u): a password alone names no account",
+                hint="Pass -u USER with --password-stdin, or set FERRY_REGISTRY_USERNAME and FERRY_REGISTRY_PASSWORD.",
+            )
+        url = parse_url(registry)
+        ssl_context(str(ca_cert) if ca_cert else None, insecure)  # a bad --ca-cert is refused now
         password = None
         if username:
             if not password_stdin and os.environ.get("FERRY_REGISTRY_PASSWORD") is None:
@@ -568,12 +584,12 @@ def push(
             password = _password(password_stdin, bundle == "-", "FERRY_REGISTRY_PASSWORD")
         opts = PushOptions(
             bundle=bundle,
-            registry=registry if "://" in registry else f"https://{registry}",
+            registry=url,
             credentials=credentials_from(registry, username, password),
             ca_cert=str(ca_cert) if ca_cert else None,
             insecure=insecure,
             jobs=jobs,
-            chunk_size=parse_size(chunk_size),
+            chunk_size=parse_size(chunk_size, "--chunk-size", 1 << 10),
             retries=retries,
             harbor=harbor,
             default_project=default_project,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.errors import FerryError
+from shared.errors import FerryError, UsageError
 
 if TYPE_CHECKING:
     import httpx
@@ -39,6 +39,19 @@ class HarborError(FerryError):
 class RedisError(FerryError):
     code = "redis"
     default_hint = "Check --redis-url (Harbor 1.x: redis://<redis host>:6379; the registry cache is DB 1)."
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a URL the Redis client cannot use, before anything is written."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        raise UsageError(
+            f"--redis-url {url!r}: not a Redis URL",
+            hint="Use redis://HOST:6379 (rediss:// for TLS, unix:///path/to/socket); Harbor's registry cache is DB 1.",
+        )
 
 
 def flush_registry_cache(url: str) -> int:

@@ -17,7 +17,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from shared.bundle.source import open_source
 from shared.errors import RegistryError, UsageError
@@ -29,6 +29,9 @@ from shared.transfer import copy
 from .harbor1 import PROJECT_RE
 from .registry.client import ClientConfig, Credentials, RegistryClient, with_retries
 from .registry.sink import RegistrySink
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +164,27 @@ def map_names(
     return out
 
 
+def check_speaks_v2(r: httpx.Response, registry: str) -> None:
+    """Refuse a target that answered ``/v2/`` but is no registry (a web server, a login page): planning
+    against it would report nothing to upload.  A registry says ``Docker-Distribution-API-Version`` or
+    answers with a JSON body."""
+    if r.headers.get("Docker-Distribution-API-Version", "").lower().startswith("registry/2"):
+        return
+    try:
+        if isinstance(json.loads(r.content or b"null"), dict):
+            return
+    except ValueError:
+        pass
+    kind = r.headers.get("Content-Type", "unknown content").split(";", 1)[0]
+    raise RegistryError(
+        f"{registry} answered GET /v2/ with 200 ({kind}) but does not speak the Registry V2 API",
+        status=r.status_code,
+        method="GET",
+        url=f"{registry}/v2/",
+        hint="Check the URL: it must be the registry itself (Harbor: its external URL), not a web page or a proxy's login.",
+    )
+
+
 def detect_harbor(client: RegistryClient) -> str | None:
     try:
         r = client.http.get(client.url("/api/v2.0/systeminfo"), timeout=30)
@@ -266,14 +290,16 @@ def run(
     source = open_source(opts.bundle, stdin)
     try:
         catalog = source.catalog
-        # a first authenticated call proves the URL, TLS and credentials before anything else
-        with_retries(
+        # a first authenticated call proves the URL, TLS, credentials and that the target speaks the API
+        ping = with_retries(
             lambda: client.request(
                 "GET", client.url("/v2/"), expect=(200,), what=f"connect to {opts.registry}"
             ),
-            attempts=3,
+            attempts=opts.retries,
+            backoff=opts.backoff,
             what="ping",
         )
+        check_speaks_v2(ping, opts.registry)
         harbor = detect_harbor(client) if opts.harbor is None else ("forced" if opts.harbor else None)
         names = map_names(
             [r.name for r in catalog.repositories],

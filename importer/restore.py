@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.bundle.source import open_source
-from shared.errors import UsageError
+from shared.errors import FerryError, OutputError, UsageError
 from shared.model import Catalog
 from shared.progress import ProgressCallback, no_progress
 from shared.storage.paths import StorageLayout, TagsDir
-from shared.storage.writer import Owner, StorageTreeSink, blob_present, existing_blobs, tag_target
+from shared.storage.writer import (
+    Owner,
+    RootClaim,
+    StorageTreeSink,
+    blob_present,
+    existing_blobs,
+    tag_target,
+)
 from shared.transfer import copy
 
 from . import harbor1
@@ -155,6 +162,8 @@ def run(
 ) -> RestoreResult:
     started = time.monotonic()
     _check_owner(opts.owner if not opts.dry_run else None)
+    if opts.redis_url:
+        harbor1.check_redis_url(opts.redis_url)
     try:
         if opts.root.exists() and not opts.root.is_dir():
             raise UsageError(f"--root {opts.root}: not a directory")
@@ -178,19 +187,43 @@ def run(
                 orphans=tuple(orphans),
                 seconds=time.monotonic() - started,
             )
-        opts.root.mkdir(parents=True, exist_ok=True)
-        sink = StorageTreeSink(str(opts.root), owner=opts.owner, jobs=opts.jobs, existing=existing)
-        copy(source, sink, on_progress=on_progress)
+        try:
+            opts.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"--root {opts.root}: cannot create it ({e.strerror})") from None
+        claim = RootClaim(str(opts.root)).acquire()
+        try:
+            sink = StorageTreeSink(str(opts.root), owner=opts.owner, jobs=opts.jobs, existing=existing)
+            copy(source, sink, on_progress=on_progress)
+        except (Exception, KeyboardInterrupt):
+            # cleaned up (the sink removed its temp files): the next run need not sweep.  Not on
+            # SystemExit from a signal in a forked child, nor when killed: then the claim stays
+            claim.release()
+            raise
+        claim.release()
     finally:
         source.close()
 
-    keys = harbor1.flush_registry_cache(opts.redis_url) if opts.redis_url else None
-    dump = harbor1.remove_dump(opts.redis_dump) if opts.redis_dump else None
-    sync = harbor1.sync_harbor(opts.harbor, projects) if opts.harbor else None
+    s = sink.stats
+    try:
+        keys = harbor1.flush_registry_cache(opts.redis_url) if opts.redis_url else None
+        dump = harbor1.remove_dump(opts.redis_dump) if opts.redis_dump else None
+        sync = harbor1.sync_harbor(opts.harbor, projects) if opts.harbor else None
+    except FerryError as e:
+        # the storage is complete and correct; only telling Harbor failed: say so, or the user restores
+        # everything again (harmless, but hours on a big registry) instead of redoing one step
+        e.message = (
+            f"the restore itself finished ({s.blobs_written} blobs and {s.tags_written} tags written into "
+            f"{opts.root}), but the next step failed: {e.message}"
+        )
+        e.args = (e.message,)
+        e.hint = (e.hint + " " if e.hint else "") + (
+            "Running the same restore again writes nothing new and retries the Harbor and Redis steps."
+        )
+        raise
     steps: list[str] = []
     if sync is None:
         steps = harbor1.next_steps(str(opts.root), projects, redis_done=keys is not None or bool(dump))
-    s = sink.stats
     return RestoreResult(
         root=str(opts.root),
         dry_run=False,

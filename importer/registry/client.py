@@ -29,7 +29,7 @@ from typing import TypeVar
 
 import httpx
 
-from shared.errors import AuthError, Diagnostic, RegistryError, RegistryUnreachable
+from shared.errors import AuthError, Diagnostic, RegistryError, RegistryUnreachable, UsageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,6 +135,53 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(_CHALLENGE_RE.findall(rest))
 
 
+def parse_url(text: str, *, option: str = "--registry", registry: bool = True) -> str:
+    """The base URL an option names, or a :class:`UsageError` saying what is wrong with it.
+
+    Registry references as operators write them are accepted: ``host[:port]`` and ``docker://host`` mean
+    https (as skopeo's ``docker://`` transport does); only http and https are spoken."""
+    raw = text.strip()
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest = "https", raw
+    scheme = scheme.lower()
+    if registry and scheme == "docker":
+        scheme = "https"
+    if scheme not in ("http", "https"):
+        accepted = "https://, http://, docker:// or a bare host[:port]" if registry else "https:// or http://"
+        raise UsageError(f"{option} {text!r}: unsupported scheme {scheme!r}", hint=f"Use {accepted}.")
+    url = f"{scheme}://{rest}".rstrip("/")
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.host
+        _ = parsed.port  # a port that is not a number fails here
+    except (httpx.InvalidURL, ValueError) as e:
+        raise UsageError(f"{option} {text!r}: not a valid URL ({e})") from None
+    if not host:
+        raise UsageError(f"{option} {text!r}: no host in the URL", hint="Example: https://harbor.example.com")
+    if parsed.query or parsed.fragment:
+        raise UsageError(f"{option} {text!r}: a registry URL has no query or fragment")
+    return url
+
+
+def ssl_context(ca_cert: str | None, insecure: bool, *, option: str = "--ca-cert") -> ssl.SSLContext | bool:
+    """TLS verification as asked: a CA bundle that is missing or holds no certificate is a usage error
+    now, not a TLS failure on the first request."""
+    if insecure:
+        return False
+    if not ca_cert:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_cert)
+    except FileNotFoundError:
+        raise UsageError(f"{option} {ca_cert}: no such file") from None
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise UsageError(
+            f"{option} {ca_cert}: not a PEM certificate bundle ({e})",
+            hint="Pass the CA certificate(s) of the registry in PEM form (-----BEGIN CERTIFICATE-----).",
+        ) from None
+
+
 def redact(url: str) -> str:
     """Drop credentials and upload-session state from a URL before it appears in any message."""
     parts = urllib.parse.urlsplit(url)
@@ -146,11 +193,7 @@ class RegistryClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.base = config.url.rstrip("/")
-        verify: ssl.SSLContext | bool | str = True
-        if config.insecure:
-            verify = False
-        elif config.ca_cert:
-            verify = ssl.create_default_context(cafile=config.ca_cert)
+        verify = ssl_context(config.ca_cert, config.insecure)
         self.auth = RegistryAuth(config.credentials)
         self.http = httpx.Client(
             auth=self.auth,
@@ -293,6 +336,8 @@ __all__ = [
     "RegistryAuth",
     "RegistryClient",
     "error_from",
+    "parse_url",
     "redact",
+    "ssl_context",
     "with_retries",
 ]

@@ -59,6 +59,8 @@ class PushStats:
     blobs_present: int = 0
     bytes_uploaded: int = 0
     manifests_put: int = 0
+    #: manifests and tags the target already had at the right digest (not PUT again)
+    manifests_present: int = 0
     #: (target repository, digest) -> why it failed or was skipped
     failed: dict[tuple[str, str], str] = field(default_factory=dict)
     skipped: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -325,16 +327,21 @@ class RegistrySink:
         c = self.client
         with self._lock:
             source = self._where.get(d)
-        if source is None and repo not in self._absent and self._has_blob(repo, d):
+        if source == repo:
+            return
+        # asked first wherever the repository may hold it (not in one the registry did not list at the
+        # start, unless this run put it there): a rerun over a complete target mounts and uploads nothing
+        if repo not in self._absent and self._has_blob(repo, d):
             self._record(d, repo, "present")
             return
         location = None
-        if source is not None and source != repo:
+        if source is not None:
+            src = source
             r = with_retries(
                 lambda: c.request(
                     "POST",
                     c.url(f"/v2/{repo}/blobs/uploads/"),
-                    params={"mount": d, "from": source},
+                    params={"mount": d, "from": src},
                     expect=(201, 202),
                     what=f"mount {d} into {repo}",
                 ),
@@ -346,8 +353,6 @@ class RegistrySink:
                 self._record(d, repo, "mounted")
                 return
             location = _location(r)  # mount refused: the 202 is an upload session to continue
-        elif source == repo:
-            return
         self._upload(repo, body, location)
         self._record(d, repo, "uploaded")
 
@@ -473,8 +478,6 @@ class RegistrySink:
                 self._put(repo, ref, MediaType.DOCKER_MANIFEST, converted.manifest, converted.digest)
                 with self._lock:
                     self.stats.converted[(repo, manifest.digest)] = converted.digest
-            with self._lock:
-                self.stats.manifests_put += 1
         except (RegistryError, OSError) as e:
             self._fail(repo, manifest.digest, _describe(e, repo))
         finally:
@@ -498,6 +501,12 @@ class RegistrySink:
 
     def _put(self, repo: str, ref: str, media_type: str, raw: bytes, digest: str) -> None:
         c = self.client
+        # a manifest (or tag) already at this digest is left alone: a rerun over a complete target PUTs
+        # nothing.  Not asked in a repository the registry did not list at the start
+        if repo not in self._absent and self._tag_digest(repo, ref) == digest:
+            with self._lock:
+                self.stats.manifests_present += 1
+            return
 
         def attempt() -> httpx.Response:
             return c.request(
@@ -528,20 +537,28 @@ class RegistrySink:
         got = r.headers.get("Docker-Content-Digest")
         if got and got != digest:
             raise RegistryError(f"{repo}:{ref}: the registry answered digest {got}, the bundle has {digest}")
+        with self._lock:
+            self.stats.manifests_put += 1
 
     def _tag_digest(self, repo: str, ref: str) -> str | None:
+        """The digest the target serves for ``ref`` (a tag or a digest), or None when it has none."""
         c = self.client
         try:
-            r = c.request(
-                "HEAD",
-                c.url(f"/v2/{repo}/manifests/{ref}"),
-                expect=(200,),
-                what="check tag",
-                headers={"Accept": ", ".join(sorted(MANIFEST_TYPES))},
+            r = with_retries(
+                lambda: c.request(
+                    "HEAD",
+                    c.url(f"/v2/{repo}/manifests/{ref}"),
+                    expect=(200, 404),
+                    what=f"check {repo}:{ref}",
+                    headers={"Accept": ", ".join(sorted(MANIFEST_TYPES))},
+                ),
+                attempts=self.retries,
+                backoff=self.backoff,
+                what="HEAD manifest",
             )
         except RegistryError:
-            return None
-        got = r.headers.get("Docker-Content-Digest")
+            return None  # cannot tell: the PUT that follows says what is wrong
+        got = r.headers.get("Docker-Content-Digest") if r.status_code == 200 else None
         return str(got) if got else None
 
 

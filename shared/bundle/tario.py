@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BundleDamaged, BundleFormatError, DiskFull, OutputError, SourceNotFound
+from ..errors import BundleDamaged, BundleFormatError, DiskFull, OutputError, SourceNotFound, UsageError
 from ..kcopy import KernelCopy
 from ..storage.fs import Extent
 
@@ -72,9 +72,9 @@ class BundleOutput:
 
     def __init__(self, path: Path | None, volume_size: int | None) -> None:
         if volume_size is not None and volume_size < RECORD:
-            raise OutputError(f"--volume-size must be at least {RECORD} bytes")
+            raise UsageError(f"--volume-size must be at least {RECORD} bytes")
         if path is None and volume_size is not None:
-            raise OutputError("--volume-size cannot be combined with -o - (stdout)")
+            raise UsageError("--volume-size cannot be combined with -o - (stdout)")
         self.path = path
         self.volume_size = volume_size
         self.pos = 0

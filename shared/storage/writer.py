@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import logging
@@ -496,6 +497,79 @@ def _link_child(channel: Channel, sink: StorageTreeSink) -> RestoreStats:
             _unlink(tmp)
 
 
+#: beside ``docker/`` in the registry's root: held (flock) while a restore writes, and left non-empty by
+#: a run that did not finish, so the next one knows to sweep its temp files
+CLAIM_NAME = ".ferry-restore"
+
+
+class RootClaim:
+    """A restore's claim on a storage root: one writer at a time, and a clean start after a killed run.
+
+    :meth:`acquire` takes an exclusive ``flock`` on ``ROOT/.ferry-restore`` (the kernel drops it when the
+    process dies, however it dies); a second restore into the same root is refused while the first runs.
+    The file holds the writer's pid until :meth:`release`: found non-empty, the last run did not finish
+    (SIGKILL, a crash, power loss), and its temp files (``.ferry-*.tmp``, up to a blob's size each, beside
+    the files they were to become) are swept before anything is written."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/") or "/"
+        self.path = f"{self.root}/{CLAIM_NAME}"
+        self._fd: int | None = None
+        #: temp files a previous, unfinished run left, removed by :meth:`acquire`
+        self.swept = 0
+
+    def acquire(self) -> RootClaim:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _os_error(e, self.path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise OutputError(
+                f"{self.root}: another ferry restore (pid {holder}) is writing into this root",
+                hint="Wait for it to finish; two restores into one root at once could interleave their tags.",
+            ) from None
+        self._fd = fd
+        if os.pread(fd, 32, 0).strip():
+            self.swept = sweep_temp_files(StorageLayout.for_root(self.root).v2)
+            if self.swept:
+                log.warning("removed %d temp file(s) an unfinished restore left in %s", self.swept, self.root)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def release(self) -> None:
+        """The run ended (finished or cleaned up after an error): the next one need not sweep."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self._fd)
+            self._fd = None
+
+
+def sweep_temp_files(v2: str) -> int:
+    """Remove every ``.ferry-*.tmp`` file below ``v2`` (iteratively: trees are deep); returns how many."""
+    removed = 0
+    stack = [v2]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            elif e.name.startswith(".ferry-") and e.name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path)
+                    removed += 1
+    return removed
+
+
 def existing_blobs(layout: StorageLayout, catalog: Catalog) -> set[str]:
     """Digests that have a folder under ``blobs/``: one listing per prefix folder instead of a stat per blob
     (on a fresh target, one failed call in all)."""
@@ -551,11 +625,14 @@ def _os_error(e: OSError, path: str) -> OutputError:
 
 
 __all__ = [
+    "CLAIM_NAME",
     "SMALL_BLOB",
     "Owner",
     "RestoreStats",
+    "RootClaim",
     "StorageTreeSink",
     "blob_present",
     "existing_blobs",
+    "sweep_temp_files",
     "tag_target",
 ]
