@@ -95,7 +95,7 @@ def _execute(fn: Callable[[], T], *, as_json: bool, quiet: bool, show: Callable[
     except Exception as e:
         if _state["debug"]:
             raise
-        render.err.print(f"[bold red]internal error[/]: {type(e).__name__}: {e}")
+        render.err.print(f"[bold red]internal error[/]: {type(e).__name__}: {render.safe(e)}")
         render.err.print("[yellow]hint[/]: re-run with --debug for the traceback, and report it")
         raise typer.Exit(70) from None
     if as_json:
@@ -211,14 +211,16 @@ def export(
     def show(r: ExportResult) -> None:
         where = ", ".join(str(p) for p in r.files) or "stdout"
         for s in r.skipped:
-            render.err.print(f"[yellow]skipped[/] {s.ref}: {s.reason}", soft_wrap=True)
+            render.err.print(
+                f"[yellow]skipped[/] {render.safe(s.ref)}: {render.safe(s.reason)}", soft_wrap=True
+            )
         render.err.print(
             f"[green]exported[/] {r.repositories} repositories, {r.tags} tags"
             + (f", {r.untagged} untagged" if r.untagged else "")
             + f", {r.manifests} manifests, {r.blobs} blobs ({render.human(r.blob_bytes)})"
             + (f", {r.foreign_layers} foreign layers recorded" if r.foreign_layers else "")
             + (f", {len(r.skipped)} skipped" if r.skipped else "")
-            + f" in {r.seconds:.1f}s → {where}",
+            + f" in {r.seconds:.1f}s → {render.safe(where)}",
             soft_wrap=True,
         )
 
@@ -262,7 +264,7 @@ def verify(
     def show(r: VerifyResult) -> None:
         rate = r.bytes / r.seconds / 1e6 if r.seconds else 0
         render.err.print(
-            f"[green]ok[/] {r.path}: {r.members} members, {r.images} images, {render.human(r.bytes)} "
+            f"[green]ok[/] {render.safe(r.path)}: {r.members} members, {r.images} images, {render.human(r.bytes)} "
             f"({'xxh3' if r.quick else 'xxh3 + sha256'}) in {r.seconds:.1f}s, {rate:.0f} MB/s",
             soft_wrap=True,
         )
@@ -278,8 +280,8 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
         d: dict[str, Any] = r.to_dict()
         src = d["source"]
         render.out.print(
-            f"[bold]{r.path}[/]  format {d['formatVersion']}, ferry {d['ferryVersion']}, created {d['created']}\n"
-            f"source: {src.get('path')} ({src.get('kind')}) on {src.get('host')}\n"
+            f"[bold]{render.safe(r.path)}[/]  format {d['formatVersion']}, ferry {d['ferryVersion']}, created {d['created']}\n"
+            f"source: {render.safe(src.get('path'))} ({render.safe(src.get('kind'))}) on {render.safe(src.get('host'))}\n"
             f"{len(d['repositories'])} repositories, {len(d['images'])} images, {d['manifests']} manifests, "
             f"{d['blobs']} blobs, {render.human(d['bytes'])} of content, bundle {render.human(d['bundleBytes'])}",
             soft_wrap=True,
@@ -296,7 +298,9 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
         ]
         render.table("images", ["repository", "tag", "digest", "type", "platforms"], rows)
         for s in d["skipped"]:
-            render.out.print(f"[yellow]skipped[/] {s['image']}: {s['reason']}", soft_wrap=True)
+            render.out.print(
+                f"[yellow]skipped[/] {render.safe(s['image'])}: {render.safe(s['reason'])}", soft_wrap=True
+            )
         if d["foreignLayers"]:
             render.out.print(
                 f"{len(d['foreignLayers'])} foreign layer(s) recorded, not bundled (fetched from their URLs)"
@@ -432,18 +436,26 @@ def restore(
         p = r.plan
         if r.dry_run:
             render.out.print(
-                f"[bold]plan[/] for {r.root}: {p.repositories} repositories, {p.tags} tags; "
+                f"[bold]plan[/] for {render.safe(r.root)}: {p.repositories} repositories, {p.tags} tags; "
                 f"{p.blobs_to_write} blobs to write ({render.human(p.bytes_to_write)}), {p.blobs_present} already there"
-                + (f"; tags that would move: {', '.join(p.tags_to_move)}" if p.tags_to_move else ""),
+                + (
+                    f"; tags that would move: {render.safe(', '.join(p.tags_to_move))}"
+                    if p.tags_to_move
+                    else ""
+                ),
                 soft_wrap=True,
             )
             if r.projects:
-                render.out.print(f"Harbor projects needed: {', '.join(r.projects)}", soft_wrap=True)
+                render.out.print(
+                    f"Harbor projects needed: {render.safe(', '.join(r.projects))}", soft_wrap=True
+                )
             return
         for tag, old, new in r.tags_moved:
-            render.err.print(f"[yellow]moved[/] {tag}: {old[:19]}… → {new[:19]}…", soft_wrap=True)
+            render.err.print(
+                f"[yellow]moved[/] {render.safe(tag)}: {old[:19]}… → {new[:19]}…", soft_wrap=True
+            )
         render.err.print(
-            f"[green]restored[/] {p.repositories} repositories, {p.tags} tags into {r.root}: "
+            f"[green]restored[/] {p.repositories} repositories, {p.tags} tags into {render.safe(r.root)}: "
             f"{r.blobs_written} blobs written ({render.human(r.bytes_written)}), {r.blobs_present} already there, "
             f"{r.tags_written} tags written in {r.seconds:.1f}s",
             soft_wrap=True,
@@ -455,18 +467,20 @@ def restore(
         if r.harbor is not None:
             h = r.harbor
             render.err.print(
-                f"Harbor {h.version}: projects created {', '.join(h.created) or '-'}, existing {', '.join(h.existing) or '-'}; "
+                f"Harbor {render.safe(h.version)}: projects created {render.safe(', '.join(h.created) or '-')}, "
+                f"existing {render.safe(', '.join(h.existing) or '-')}; "
                 f"syncregistry called{'; syncquota called' if h.synced_quota else ''}",
                 soft_wrap=True,
             )
         for o in r.orphans:
             render.err.print(
-                f"[yellow]warning[/] {o}: no project component, Harbor will not list it", soft_wrap=True
+                f"[yellow]warning[/] {render.safe(o)}: no project component, Harbor will not list it",
+                soft_wrap=True,
             )
         if r.next_steps:
             render.err.print("[bold]next steps[/]:")
             for i, step in enumerate(r.next_steps, 1):
-                render.err.print(f"  {i}. {step}", soft_wrap=True)
+                render.err.print(f"  {i}. {render.safe(step)}", soft_wrap=True)
 
     _execute(go, as_json=as_json, quiet=quiet, show=show)
 
@@ -605,27 +619,37 @@ def push(
         if r.dry_run:
             p = r.plan
             render.out.print(
-                f"[bold]plan[/] for {r.registry}{' (Harbor ' + r.harbor + ')' if r.harbor else ''}: "
+                f"[bold]plan[/] for {render.safe(r.registry)}{' (Harbor ' + render.safe(r.harbor) + ')' if r.harbor else ''}: "
                 f"{len(r.images)} images; {p['blobsToUpload']} blobs to upload ({render.human(float(p['bytesToUpload']))}), "  # type: ignore[arg-type]
                 f"{p['blobsPresent']} already there"
-                + (f"; projects to create: {', '.join(r.projects_created)}" if r.projects_created else ""),
+                + (
+                    f"; projects to create: {render.safe(', '.join(r.projects_created))}"
+                    if r.projects_created
+                    else ""
+                ),
                 soft_wrap=True,
             )
             return
         for i in r.images:
             if i.status != "pushed":
                 colour = "red" if i.status == "failed" else "yellow"
-                render.err.print(f"[{colour}]{i.status}[/] {i.ref}: {i.reason}", soft_wrap=True)
+                render.err.print(
+                    f"[{colour}]{i.status}[/] {render.safe(i.ref)}: {render.safe(i.reason)}", soft_wrap=True
+                )
             elif i.pushed_digest:
                 render.err.print(
-                    f"[cyan]converted[/] {i.ref}: {i.digest} → {i.pushed_digest}", soft_wrap=True
+                    f"[cyan]converted[/] {render.safe(i.ref)}: {i.digest} → {i.pushed_digest}", soft_wrap=True
                 )
         d = r.to_dict()
         render.err.print(
             f"[{'green' if not r.failed else 'red'}]pushed[/] {d['pushed']} images, {d['skipped']} skipped, "
-            f"{d['failed']} failed → {r.registry}: {r.blobs_uploaded} blobs uploaded ({render.human(r.bytes_uploaded)}), "
+            f"{d['failed']} failed → {render.safe(r.registry)}: {r.blobs_uploaded} blobs uploaded ({render.human(r.bytes_uploaded)}), "
             f"{r.blobs_mounted} mounted, {r.blobs_present} already there"
-            + (f"; projects created: {', '.join(r.projects_created)}" if r.projects_created else "")
+            + (
+                f"; projects created: {render.safe(', '.join(r.projects_created))}"
+                if r.projects_created
+                else ""
+            )
             + f" in {r.seconds:.1f}s",
             soft_wrap=True,
         )

@@ -25,7 +25,19 @@ if TYPE_CHECKING:
 def _console(stderr: bool) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    # no emoji codes: ``library/alpine:link: put manifest`` must not print as ``library/alpine🔗 put``
+    return Console(stderr=stderr, highlight=False, emoji=False)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def safe(text: object) -> str:
+    """Data (names, tags, paths, a registry's error text) as rich shows it literally: markup escaped and
+    control characters written out (a tag ``v1\\n`` must not break the line it is reported on)."""
+    from rich.markup import escape
+
+    return escape(str(text).translate(_CONTROL))
 
 
 def __getattr__(name: str) -> Console:
@@ -62,29 +74,28 @@ def render_error(e: FerryError, *, as_json: bool) -> None:
     if as_json:
         print_json({"ok": False, "error": e.to_dict()})
         return
-    from rich.markup import escape
-
     err = _console(True)
-    err.print(f"[bold red]error[/] [dim]({e.code})[/]: {e.message}", soft_wrap=True)
+    err.print(f"[bold red]error[/] [dim]({e.code})[/]: {safe(e.message)}", soft_wrap=True)
     details = e.to_dict()
     for b in details.get("broken", []):  # type: ignore[attr-defined]
         missing = ", ".join(b["missing"])
         err.print(
-            f"  [red]✗[/] {b['image']}: {b['reason']}" + (f" [dim]({missing})[/]" if missing else ""),
+            f"  [red]✗[/] {safe(b['image'])}: {safe(b['reason'])}"
+            + (f" [dim]({safe(missing)})[/]" if missing else ""),
             soft_wrap=True,
         )
     for p in details.get("problems", []):  # type: ignore[attr-defined]
         where = ", ".join(p.get("volumes") or [])
         imgs = p.get("images") or []
-        line = f"  [red]✗[/] {p.get('member') or '(bundle)'}: {p['problem']}"
+        line = f"  [red]✗[/] {safe(p.get('member') or '(bundle)')}: {safe(p['problem'])}"
         if where:
-            line += f" [dim]{escape(f'[volume {where}]')}[/]"
+            line += f" [dim]{safe(f'[volume {where}]')}[/]"
         if imgs:
             shown = ", ".join(imgs[:5]) + (f" and {len(imgs) - 5} more" if len(imgs) > 5 else "")
-            line += f"\n      breaks: {shown}"
+            line += f"\n      breaks: {safe(shown)}"
         err.print(line, soft_wrap=True)
     if e.hint:
-        err.print(f"[yellow]hint[/]: {e.hint}", soft_wrap=True)
+        err.print(f"[yellow]hint[/]: {safe(e.hint)}", soft_wrap=True)
 
 
 @contextmanager
@@ -135,7 +146,7 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*(safe(c) for c in r))
     _console(False).print(t)
 
 

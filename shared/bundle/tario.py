@@ -20,7 +20,15 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BundleDamaged, BundleFormatError, DiskFull, OutputError, SourceNotFound, UsageError
+from ..errors import (
+    BundleDamaged,
+    BundleFormatError,
+    DiskFull,
+    OutputError,
+    SourceChanged,
+    SourceNotFound,
+    UsageError,
+)
 from ..kcopy import KernelCopy
 from ..storage.fs import Extent
 
@@ -132,8 +140,16 @@ class BundleOutput:
             view = view[written:]
 
     def copy_extent(self, ext: Extent) -> None:
-        """Append ``ext``'s bytes, in the kernel where it can."""
-        src = os.open(ext.path, os.O_RDONLY)
+        """Append ``ext``'s bytes, in the kernel where it can.  A source file that vanished or shrank
+        since the scan (a garbage collector running during the export) is a :class:`SourceChanged`."""
+        try:
+            src = os.open(ext.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise SourceChanged(f"{ext.path}: removed from the source while the export ran") from None
+        except OSError as e:
+            raise SourceChanged(
+                f"{ext.path}: could not be opened again during the export ({e.strerror})"
+            ) from None
         try:
             off, left = ext.offset, ext.size
             while left:
@@ -141,7 +157,9 @@ class BundleOutput:
                 assert self._fd is not None
                 got = self._copy(src, off, n)
                 if got == 0:
-                    raise OutputError(f"{ext.path}: file shrank while being read (at byte {off})")
+                    raise SourceChanged(
+                        f"{ext.path}: shrank to {off - ext.offset} of {ext.size} bytes while the export read it"
+                    )
                 off += got
                 left -= got
                 self._advance(got)
