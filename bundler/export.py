@@ -19,7 +19,7 @@ from shared import __version__
 from shared.bundle.format import BundleInfo
 from shared.bundle.tario import BundleOutput
 from shared.bundle.writer import BundleSink
-from shared.errors import BrokenImages
+from shared.errors import BrokenImages, SourceChanged, SourceUnreadable
 from shared.model import Skipped
 from shared.progress import ProgressCallback, no_progress
 from shared.storage.fs import TarFS, TreeFS, open_tree
@@ -120,13 +120,14 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
     result, fs = _scan(opts, on_progress, defer_hashing=opts.jobs != 1, skip_broken=opts.skip_broken)
     try:
         out = _write(opts, result, fs, on_progress)
-    except BrokenImages:
-        if not opts.skip_broken:
-            raise
-        # blobs whose bytes are wrong on disk showed only while copying: that bundle is gone; scan again,
-        # hashing first, so the broken images are left out of the index this time (a rare, slower path)
-        log.warning("some blobs did not match their digests; exporting again without the broken images")
-        result, fs = _scan(opts, on_progress, defer_hashing=False, skip_broken=True)
+    except (BrokenImages, SourceChanged, SourceUnreadable) as e:
+        if isinstance(e, BrokenImages) and not opts.skip_broken:
+            raise  # it names every broken image already
+        # blobs that are wrong, unreadable or gone showed only while copying: that bundle is gone; scan
+        # again, hashing first, so that every broken image is named (or, with --skip-broken, left out of
+        # the index this time).  A rare, slower path
+        log.info("%s; exporting again, checking every blob first", e.message)
+        result, fs = _scan(opts, on_progress, defer_hashing=False, skip_broken=opts.skip_broken)
         out = _write(opts, result, fs, on_progress)
     catalog = result.catalog
     return ExportResult(

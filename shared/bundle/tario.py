@@ -27,6 +27,7 @@ from ..errors import (
     OutputError,
     SourceChanged,
     SourceNotFound,
+    SourceUnreadable,
     UsageError,
 )
 from ..kcopy import KernelCopy
@@ -147,9 +148,7 @@ class BundleOutput:
         except FileNotFoundError:
             raise SourceChanged(f"{ext.path}: removed from the source while the export ran") from None
         except OSError as e:
-            raise SourceChanged(
-                f"{ext.path}: could not be opened again during the export ({e.strerror})"
-            ) from None
+            raise SourceUnreadable(ext.path, f"unreadable ({e.strerror})") from None
         try:
             off, left = ext.offset, ext.size
             while left:

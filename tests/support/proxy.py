@@ -7,6 +7,7 @@ import http.client
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,8 @@ class FaultPlan:
     seed: int = 7
     kinds: tuple[str, ...] = ("500", "503", "429", "cut")
     injected: list[tuple[str, str, str]] = field(default_factory=list)
+    #: seconds a "slow" fault holds the reply back
+    slow: float = 0.3
 
     def __post_init__(self) -> None:
         self._rnd = random.Random(self.seed)
@@ -95,6 +98,9 @@ class Proxy:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if fault == "slow":
+                    time.sleep(proxy.faults.slow)  # a reply late enough to overlap others, then the real one
+                    fault = None
                 if fault in ("500", "503", "429"):
                     self._body()
                     self._simple(int(fault), {"Retry-After": "1"} if fault == "429" else None)
