@@ -41,6 +41,8 @@ class Registry:
     proc: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
     allow_foreign_urls: bool = True
+    #: log every request (method, path, status) to ``log_path``: lets a test count what reached it
+    access_log: bool = False
 
     @property
     def host(self) -> str:
@@ -53,7 +55,8 @@ class Registry:
     def config_text(self) -> str:
         lines = [
             "version: 0.1",
-            f"log: {{level: {os.environ.get('FERRY_REGISTRY_LOG', 'error')}, accesslog: {{disabled: true}}}}",
+            f"log: {{level: {os.environ.get('FERRY_REGISTRY_LOG', 'error')}, "
+            f"accesslog: {{disabled: {'false' if self.access_log else 'true'}}}}}",
             "storage:",
             f"  filesystem: {{rootdirectory: {self.root}}}",
             "  delete: {enabled: true}",
@@ -77,8 +80,11 @@ class Registry:
         # the log goes to a file: a pipe nobody reads fills up (every 404 is logged) and blocks the registry
         self.log_path = self._cfg_dir / "registry.log"
         with open(self.log_path, "wb") as log:
+            # the access log goes to stdout
             self.proc = subprocess.Popen(
-                [REGISTRY_BIN, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=log
+                [REGISTRY_BIN, "serve", str(cfg)],
+                stdout=log if self.access_log else subprocess.DEVNULL,
+                stderr=log,
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

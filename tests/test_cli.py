@@ -91,3 +91,37 @@ def test_help_explains_every_command() -> None:
         r = runner.invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and "--quiet" in r.output
     assert "air gap" in runner.invoke(app, ["--help"]).output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["push", "b.tar", "--registry", "ftp://host"], "unsupported scheme 'ftp'"),
+        (["push", "b.tar", "--registry", "http://[::1"], "not a valid URL"),
+        (["push", "b.tar", "--registry", "http://host:port"], "not a valid URL"),
+        (["push", "b.tar", "--registry", "https://host", "--ca-cert", "/nonexistent.pem"], "no such file"),
+        (["push", "b.tar", "--registry", "https://host", "--ca-cert", "/etc/hostname"], "not a PEM"),
+        (["push", "b.tar", "--registry", "https://host", "--password-stdin"], "needs --username"),
+        (["push", "b.tar", "--registry", "https://host", "--chunk-size", "64XB"], "--chunk-size '64XB'"),
+        (["restore", "b.tar", "--root", "/tmp/r", "--redis-url", "http://host:6379"], "not a Redis URL"),
+        (["restore", "b.tar", "--root", "/tmp/r", "--password-stdin"], "needs --harbor-url"),
+        (
+            ["restore", "b.tar", "--root", "/tmp/r", "--harbor-url", "ftp://h", "--password-stdin"],
+            "unsupported",
+        ),
+        (["export", "/tmp", "-o", "/tmp/x.tar", "--volume-size", "100"], "at least 10240 bytes"),
+    ],
+)
+def test_option_mistakes_are_usage_errors_named_by_their_option(args: list[str], needle: str) -> None:
+    r = runner.invoke(app, args, input="")
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr.startswith("error (usage)") and needle in r.stderr.splitlines()[0], r.stderr
+
+
+def test_registry_urls_as_operators_write_them() -> None:
+    from importer.registry.client import parse_url
+
+    assert parse_url("docker://harbor.example.com") == "https://harbor.example.com"
+    assert parse_url("harbor.example.com:8443/") == "https://harbor.example.com:8443"
+    assert parse_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert parse_url("http://[::1]:5000") == "http://[::1]:5000"
