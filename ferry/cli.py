@@ -50,6 +50,14 @@ _state = {"debug": False}
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=0, help="Hashing threads (0: one per core).")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Move tags the target already has at another digest. Without it they are kept, reported "
+        "(target and bundle digest) and the run exits 1 once everything else is done.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -395,6 +403,18 @@ def restore(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Do not verify Harbor's TLS certificate.")
     ] = False,
+    overwrite: OverwriteOpt = False,
+    default_project: Annotated[
+        str,
+        typer.Option(
+            "--default-project",
+            help="With --harbor-url: the project for one-level names (alpine → library/alpine); Harbor 1.x "
+            "cannot serve one-level names.",
+        ),
+    ] = "library",
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="Rename a repository prefix: OLD=NEW (repeatable).")
+    ] = None,
     jobs: JobsOpt = 0,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -428,6 +448,9 @@ def restore(
             redis_url=redis_url,
             redis_dump=redis_dump,
             harbor=harbor,
+            overwrite=overwrite,
+            maps=parse_map(map_),
+            default_project=default_project,
         )
         with render.progress(not quiet and not as_json) as on_progress:
             return run_restore(opts, stdin=sys.stdin.buffer, on_progress=on_progress)
@@ -439,7 +462,8 @@ def restore(
                 f"[bold]plan[/] for {render.safe(r.root)}: {p.repositories} repositories, {p.tags} tags; "
                 f"{p.blobs_to_write} blobs to write ({render.human(p.bytes_to_write)}), {p.blobs_present} already there"
                 + (
-                    f"; tags that would move: {render.safe(', '.join(p.tags_to_move))}"
+                    f"; tags elsewhere in the target ({'would move' if overwrite else 'kept; --overwrite moves them'}): "
+                    f"{render.safe(', '.join(p.tags_to_move))}"
                     if p.tags_to_move
                     else ""
                 ),
@@ -450,9 +474,15 @@ def restore(
                     f"Harbor projects needed: {render.safe(', '.join(r.projects))}", soft_wrap=True
                 )
             return
+        for old, new in r.renamed:
+            render.err.print(f"[cyan]renamed[/] {render.safe(old)} → {render.safe(new)}", soft_wrap=True)
         for tag, old, new in r.tags_moved:
+            render.err.print(f"[yellow]moved[/] {render.safe(tag)}: {old} → {new}", soft_wrap=True)
+        for tag, old, new in r.tags_kept:
             render.err.print(
-                f"[yellow]moved[/] {render.safe(tag)}: {old[:19]}… → {new[:19]}…", soft_wrap=True
+                f"[red]conflict[/] {render.safe(tag)} is at {old} in the target; the bundle has {new}: "
+                "not moved (--overwrite moves it)",
+                soft_wrap=True,
             )
         render.err.print(
             f"[green]restored[/] {p.repositories} repositories, {p.tags} tags into {render.safe(r.root)}: "
@@ -477,12 +507,16 @@ def restore(
                 f"[yellow]warning[/] {render.safe(o)}: no project component, Harbor will not list it",
                 soft_wrap=True,
             )
+        for limit in r.harbor_limits:
+            render.err.print(f"[yellow]note[/]: {render.safe(limit)}", soft_wrap=True)
         if r.next_steps:
             render.err.print("[bold]next steps[/]:")
             for i, step in enumerate(r.next_steps, 1):
                 render.err.print(f"  {i}. {render.safe(step)}", soft_wrap=True)
 
-    _execute(go, as_json=as_json, quiet=quiet, show=show)
+    result = _execute(go, as_json=as_json, quiet=quiet, show=show)
+    if result.tags_kept:
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -567,6 +601,7 @@ def push(
             help="Push schema 1 images converted to schema 2 (new digests, printed old → new) instead of skipping them.",
         ),
     ] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -610,6 +645,7 @@ def push(
             maps=parse_map(map_),
             dry_run=dry_run,
             convert_schema1=convert_schema1,
+            overwrite=overwrite,
         )
         with render.progress(not quiet and not as_json) as on_progress:
             result = run_push(opts, stdin=sys.stdin.buffer, on_progress=on_progress)
@@ -617,11 +653,12 @@ def push(
 
     def show(r: PushResult) -> None:
         if r.dry_run:
-            p = r.plan
+            p: dict[str, Any] = r.plan
             render.out.print(
                 f"[bold]plan[/] for {render.safe(r.registry)}{' (Harbor ' + render.safe(r.harbor) + ')' if r.harbor else ''}: "
-                f"{len(r.images)} images; {p['blobsToUpload']} blobs to upload ({render.human(float(p['bytesToUpload']))}), "  # type: ignore[arg-type]
-                f"{p['blobsPresent']} already there"
+                f"{len(r.images)} images; {p['blobsToUpload']} blobs to upload ({render.human(float(p['bytesToUpload']))}), "
+                f"{p['blobsPresent']} already there; tags: {len(p['tagsToCreate'])} to create, "
+                f"{len(p['tagsToMove'])} elsewhere on the target, {len(p['tagsRight'])} already right"
                 + (
                     f"; projects to create: {render.safe(', '.join(r.projects_created))}"
                     if r.projects_created
@@ -629,10 +666,31 @@ def push(
                 ),
                 soft_wrap=True,
             )
+            verb = "would move" if overwrite else "exists elsewhere, would be kept (--overwrite moves it)"
+            for m in p["tagsToMove"]:
+                render.out.print(
+                    f"  [yellow]{verb}[/] {render.safe(m['ref'])}: target {m['target']}, bundle {m['bundle']}",
+                    soft_wrap=True,
+                )
             return
+        for project, message in sorted(r.refused.items()):
+            n = sum(1 for i in r.images if i.status == "failed" and i.ref.split("/", 1)[0] == project)
+            render.err.print(
+                f"[red]refused[/] account {render.safe(r.account or '(anonymous)')} may not push to project "
+                f"{render.safe(project)}: {n} image(s) not pushed (the registry said: {render.safe(message)})\n"
+                f"  [yellow]hint[/]: add {render.safe(r.account or 'the account')} to project {render.safe(project)} "
+                "as a Developer or Maintainer, or push with a robot account that has push permission in it",
+                soft_wrap=True,
+            )
+        for ref, target, bundle_digest in r.tags_moved:
+            render.err.print(
+                f"[yellow]moved[/] {render.safe(ref)}: {target} → {bundle_digest}", soft_wrap=True
+            )
         for i in r.images:
+            if i.status == "failed" and i.ref.split("/", 1)[0] in r.refused:
+                continue  # said once per project, above
             if i.status != "pushed":
-                colour = "red" if i.status == "failed" else "yellow"
+                colour = "red" if i.status in ("failed", "conflict") else "yellow"
                 render.err.print(
                     f"[{colour}]{i.status}[/] {render.safe(i.ref)}: {render.safe(i.reason)}", soft_wrap=True
                 )
@@ -643,7 +701,9 @@ def push(
         d = r.to_dict()
         render.err.print(
             f"[{'green' if not r.failed else 'red'}]pushed[/] {d['pushed']} images, {d['skipped']} skipped, "
-            f"{d['failed']} failed → {render.safe(r.registry)}: {r.blobs_uploaded} blobs uploaded ({render.human(r.bytes_uploaded)}), "
+            f"{d['failed']} failed"
+            + (f", {d['conflicts']} tags kept where the target had them" if d["conflicts"] else "")
+            + f" → {render.safe(r.registry)}: {r.blobs_uploaded} blobs uploaded ({render.human(r.bytes_uploaded)}), "
             f"{r.blobs_mounted} mounted, {r.blobs_present} already there"
             + (
                 f"; projects created: {render.safe(', '.join(r.projects_created))}"

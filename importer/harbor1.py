@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import FerryError, UsageError
+from shared.manifest import INDEX_TYPES, MediaType
+from shared.model import Catalog
 
 if TYPE_CHECKING:
     import httpx
@@ -119,6 +121,33 @@ def projects_of(repositories: list[str]) -> tuple[list[str], list[str]]:
         else:
             projects.setdefault(project, None)
     return list(projects), orphans
+
+
+def api_limits(catalog: Catalog) -> tuple[str, ...]:
+    """What Harbor 1.8-1.10's own API, UI and quota cannot describe among these images, said once after a
+    restore: its /v2 serves indexes and OCI manifests exactly (``skopeo copy --all`` pulls every child),
+    but its tag API lists OCI tags with an empty digest and a manifest list as its amd64 child, and its
+    quota counts OCI tags as 0 bytes."""
+    oci = lists = 0
+    for image in catalog.images():
+        if image.tag is None:
+            continue
+        if image.media_type in INDEX_TYPES:
+            lists += 1
+        elif image.media_type == MediaType.OCI_MANIFEST:
+            oci += 1
+    out = []
+    if lists:
+        out.append(
+            f"{lists} tag(s) are multi-arch indexes: Harbor 1.x's UI and tag API show each as its amd64 child; "
+            "its /v2 serves the index and every child exactly"
+        )
+    if oci:
+        out.append(
+            f"{oci} tag(s) are OCI manifests: Harbor 1.x's UI and tag API list them with an empty digest and "
+            "its quota counts them as 0 bytes; its /v2 serves them exactly"
+        )
+    return tuple(out)
 
 
 def sync_harbor(access: HarborAccess, projects: list[str]) -> HarborSync:

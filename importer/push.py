@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from shared.bundle.source import open_source
-from shared.errors import RegistryError, UsageError
+from shared.errors import RegistryError
+from shared.manifest import MANIFEST_TYPES, SCHEMA1_TYPES
 from shared.model import Catalog
 from shared.progress import ProgressCallback, no_progress
-from shared.storage.paths import valid_repository
 from shared.transfer import copy
 
-from .harbor1 import PROJECT_RE
+from .names import map_names
 from .registry.client import ClientConfig, Credentials, RegistryClient, with_retries
 from .registry.sink import RegistrySink
 
@@ -55,6 +55,8 @@ class PushOptions:
     dry_run: bool = False
     #: push schema 1 manifests converted to schema 2 (new digests) instead of skipping them
     convert_schema1: bool = False
+    #: move tags the target has at another digest (else they are kept and reported, and the run fails)
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,16 @@ class PushResult:
     plan: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    #: tags the target had at another digest: (repository:tag, target's digest, bundle's digest)
+    tags_kept: tuple[tuple[str, str, str], ...] = ()
+    tags_moved: tuple[tuple[str, str, str], ...] = ()
+    #: project -> what the registry said when it refused the account (once per project)
+    refused: dict[str, str] = field(default_factory=dict)
+    account: str | None = None
 
     @property
     def failed(self) -> list[ImageOutcome]:
-        return [i for i in self.images if i.status == "failed"]
+        return [i for i in self.images if i.status in ("failed", "conflict")]
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -107,7 +115,13 @@ class PushResult:
             ],
             "pushed": sum(i.status == "pushed" for i in self.images),
             "skipped": sum(i.status == "skipped" for i in self.images),
-            "failed": len(self.failed),
+            "failed": sum(i.status == "failed" for i in self.images),
+            "conflicts": sum(i.status == "conflict" for i in self.images),
+            "tagsKept": [{"ref": r, "target": t, "bundle": b} for r, t, b in self.tags_kept],
+            "tagsMoved": [{"ref": r, "target": t, "bundle": b} for r, t, b in self.tags_moved],
+            "refusedProjects": [
+                {"project": p, "account": self.account, "message": m} for p, m in sorted(self.refused.items())
+            ],
             "blobsUploaded": self.blobs_uploaded,
             "blobsMounted": self.blobs_mounted,
             "blobsPresent": self.blobs_present,
@@ -136,32 +150,6 @@ def credentials_from(url: str, username: str | None, password: str | None) -> Cr
             user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
             return Credentials(user, pw)
     return None
-
-
-def map_names(
-    repositories: list[str], *, harbor: bool, default_project: str, maps: tuple[tuple[str, str], ...]
-) -> dict[str, str]:
-    """Bundle repository -> target repository; raises one UsageError naming every name that cannot work."""
-    out: dict[str, str] = {}
-    bad: list[str] = []
-    for repo in repositories:
-        name = repo
-        for old, new in sorted(maps, key=lambda m: -len(m[0])):
-            if name == old or name.startswith(old.rstrip("/") + "/"):
-                name = new.rstrip("/") + name[len(old.rstrip("/")) :]
-                break
-        if harbor and "/" not in name:
-            name = f"{default_project}/{name}"
-        project = name.split("/", 1)[0]
-        if not valid_repository(name) or (harbor and not PROJECT_RE.fullmatch(project)):
-            bad.append(f"{repo} → {name}")
-        out[repo] = name
-    if bad:
-        raise UsageError(
-            f"{len(bad)} repository name(s) the target cannot take: {', '.join(bad[:10])}",
-            hint="Rename them with --map old=new (Harbor project names: lower case, digits, and . _ - between).",
-        )
-    return out
 
 
 def check_speaks_v2(r: httpx.Response, registry: str) -> None:
@@ -266,6 +254,13 @@ def outcomes(catalog: Catalog, names: dict[str, str], sink: RegistrySink | None)
                 break
         if status == "pushed" and image.tag is not None and (target, image.tag) in s.failed_tags:
             status, reason = "failed", s.failed_tags[(target, image.tag)]
+        kept = s.tags_kept.get((target, image.tag)) if image.tag is not None else None
+        if status == "pushed" and kept is not None:
+            status = "conflict"
+            reason = (
+                f"the tag exists on the target at {kept[0]}; the bundle has {kept[1]}: not moved "
+                "(the image itself was pushed; --overwrite moves the tag)"
+            )
         new = s.converted.get((target, image.digest))
         if new is not None and status == "pushed":
             reason = f"schema 1 converted to schema 2: {image.digest} → {new}"
@@ -308,8 +303,13 @@ def run(
             maps=opts.maps,
         )
         created: list[str] = []
+        missing: list[str] = []
         if harbor is not None:
-            projects = sorted({n.split("/", 1)[0] for n in names.values()})
+            # only projects something will be pushed into: a repository of schema 1 images that are
+            # skipped must not leave an empty project behind
+            projects = sorted(
+                {names[r].split("/", 1)[0] for r in pushed_repositories(catalog, opts.convert_schema1)}
+            )
             created, missing = ensure_projects(
                 client, projects, opts.credentials, create=opts.create_projects and not opts.dry_run
             )
@@ -322,9 +322,10 @@ def run(
                 True,
                 tuple(created),
                 tuple(outcomes(catalog, names, None)),
-                plan=_plan(client, catalog, names),
+                plan=_plan(client, catalog, names, set(missing), opts.retries),
                 seconds=time.monotonic() - started,
                 cpu_seconds=_cpu() - cpu0,
+                account=opts.credentials.username if opts.credentials else None,
             )
         sink = RegistrySink(
             client,
@@ -334,6 +335,7 @@ def run(
             retries=opts.retries,
             backoff=opts.backoff,
             convert_schema1=opts.convert_schema1,
+            overwrite=opts.overwrite,
             on_progress=on_progress,
         )
         copy(source, sink, on_progress=no_progress)
@@ -353,30 +355,80 @@ def run(
         bytes_uploaded=s.bytes_uploaded,
         seconds=time.monotonic() - started,
         cpu_seconds=_cpu() - cpu0,
+        tags_kept=tuple((f"{r}:{t}", a, b) for (r, t), (a, b) in sorted(s.tags_kept.items())),
+        tags_moved=tuple((f"{r}:{t}", a, b) for (r, t), (a, b) in sorted(s.tags_moved.items())),
+        refused=dict(s.refused),
+        account=opts.credentials.username if opts.credentials else None,
     )
 
 
-def _plan(client: RegistryClient, catalog: Catalog, names: dict[str, str]) -> dict[str, object]:
-    """What a push would send: each unique blob checked once, in the first repository that needs it."""
+def pushed_repositories(catalog: Catalog, convert_schema1: bool) -> list[str]:
+    """Repositories with at least one image a push sends (schema 1 ones are skipped unless converted)."""
+    return [
+        r.name
+        for r in catalog.repositories
+        if any(
+            convert_schema1 or catalog.manifests[d].media_type not in SCHEMA1_TYPES
+            for d in (*r.tags.values(), *r.untagged)
+        )
+    ]
+
+
+def _plan(
+    client: RegistryClient, catalog: Catalog, names: dict[str, str], new_projects: set[str], retries: int
+) -> dict[str, object]:
+    """What a push would send, against the live target: each unique blob checked once, in the first
+    repository that needs it; each tag: to create, to move, or already right.  A project that does not
+    exist yet holds nothing, and is not asked about (Harbor grants no access to a missing project)."""
+
+    def empty(target: str) -> bool:
+        return target.split("/", 1)[0] in new_projects
+
+    def head(path: str, what: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return with_retries(
+            lambda: client.request("HEAD", client.url(path), expect=(200, 404), what=what, headers=headers),
+            attempts=retries,
+            what=what,
+        )
+
     first: dict[str, str] = {}
     for repo in catalog.repositories:
         for b in catalog.repository_blobs(repo):
             first.setdefault(b, names[repo.name])
     upload = present = nbytes = 0
     for d, target in first.items():
-        r = client.request(
-            "HEAD", client.url(f"/v2/{target}/blobs/{d}"), expect=(200, 404), what="check blob"
-        )
-        if r.status_code == 200:
+        if not empty(target) and head(f"/v2/{target}/blobs/{d}", "check blob").status_code == 200:
             present += 1
         else:
             upload += 1
             nbytes += catalog.blobs[d].size
+    create: list[str] = []
+    move: list[dict[str, str]] = []
+    right: list[str] = []
+    accept = {"Accept": ", ".join(sorted(MANIFEST_TYPES))}
+    for repo in catalog.repositories:
+        target = names[repo.name]
+        for tag, d in sorted(repo.tags.items()):
+            ref = f"{target}:{tag}"
+            r = None if empty(target) else head(f"/v2/{target}/manifests/{tag}", "check tag", accept)
+            current = (
+                r.headers.get("Docker-Content-Digest") if r is not None and r.status_code == 200 else None
+            )
+            if current is None:
+                create.append(ref)
+            elif current == d:
+                right.append(ref)
+            else:
+                move.append({"ref": ref, "target": current, "bundle": d})
     return {
         "blobsToUpload": upload,
         "bytesToUpload": nbytes,
         "blobsPresent": present,
         "manifests": sum(len(r.manifests) for r in catalog.repositories),
+        "projectsToCreate": sorted(new_projects),
+        "tagsToCreate": create,
+        "tagsToMove": move,
+        "tagsRight": right,
     }
 
 

@@ -30,6 +30,7 @@ from shared.storage.writer import (
 from shared.transfer import copy
 
 from . import harbor1
+from .names import map_names, rename
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ class RestoreOptions:
     redis_url: str | None = None
     redis_dump: Path | None = None
     harbor: harbor1.HarborAccess | None = None
+    #: move tags the target has at another digest (else they are kept and reported, and the run fails)
+    overwrite: bool = False
+    #: ``--map OLD=NEW`` prefix rewrites; with a Harbor target one-level names go to ``default_project``
+    maps: tuple[tuple[str, str], ...] = ()
+    default_project: str = "library"
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class RestoreResult:
     bytes_written: int = 0
     tags_written: int = 0
     tags_moved: tuple[tuple[str, str, str], ...] = ()
+    tags_kept: tuple[tuple[str, str, str], ...] = ()
     redis_keys_deleted: int | None = None
     redis_dump_removed: bool | None = None
     harbor: harbor1.HarborSync | None = None
@@ -85,6 +92,10 @@ class RestoreResult:
     next_steps: tuple[str, ...] = ()
     seconds: float = 0.0
     projects: tuple[str, ...] = field(default=())
+    #: (bundle name, target name) of every repository restored under another name
+    renamed: tuple[tuple[str, str], ...] = ()
+    #: what Harbor 1.x's own API and UI cannot describe among what was restored (its /v2 serves it exactly)
+    harbor_limits: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = {
@@ -95,8 +106,12 @@ class RestoreResult:
             "blobsPresent": self.blobs_present,
             "bytesWritten": self.bytes_written,
             "tagsWritten": self.tags_written,
+            "ok": not self.tags_kept,
             "tagsMoved": [{"tag": t, "from": a, "to": b} for t, a, b in self.tags_moved],
+            "tagsKept": [{"tag": t, "target": a, "bundle": b} for t, a, b in self.tags_kept],
             "projects": list(self.projects),
+            "renamed": [{"from": a, "to": b} for a, b in self.renamed],
+            "harborLimits": list(self.harbor_limits),
             "repositoriesWithoutProject": list(self.orphans),
             "nextSteps": list(self.next_steps),
             "seconds": round(self.seconds, 3),
@@ -173,6 +188,16 @@ def run(
         ) from None
     source = open_source(opts.bundle, stdin)
     try:
+        # Harbor 1.x cannot serve a one-level name (its token service answers 500): on a Harbor target
+        # `alpine` lands as `library/alpine`, as push does; without one, names stay as they are
+        names = map_names(
+            [r.name for r in source.catalog.repositories],
+            harbor=opts.harbor is not None,
+            default_project=opts.default_project,
+            maps=opts.maps,
+        )
+        renamed = tuple((old, new) for old, new in names.items() if old != new)
+        source.catalog = rename(source.catalog, names)
         catalog = source.catalog
         # listed once, for the plan and for the writer
         existing = existing_blobs(StorageLayout.for_root(opts.root), catalog)
@@ -186,6 +211,7 @@ def run(
                 projects=tuple(projects),
                 orphans=tuple(orphans),
                 seconds=time.monotonic() - started,
+                renamed=renamed,
             )
         try:
             opts.root.mkdir(parents=True, exist_ok=True)
@@ -193,7 +219,9 @@ def run(
             raise OutputError(f"--root {opts.root}: cannot create it ({e.strerror})") from None
         claim = RootClaim(str(opts.root)).acquire()
         try:
-            sink = StorageTreeSink(str(opts.root), owner=opts.owner, jobs=opts.jobs, existing=existing)
+            sink = StorageTreeSink(
+                str(opts.root), owner=opts.owner, jobs=opts.jobs, existing=existing, overwrite=opts.overwrite
+            )
             copy(source, sink, on_progress=on_progress)
         except (Exception, KeyboardInterrupt):
             # cleaned up (the sink removed its temp files): the next run need not sweep.  Not on
@@ -233,6 +261,7 @@ def run(
         bytes_written=s.bytes_written,
         tags_written=s.tags_written,
         tags_moved=tuple(s.tags_moved),
+        tags_kept=tuple(s.tags_kept),
         redis_keys_deleted=keys,
         redis_dump_removed=dump,
         harbor=sync,
@@ -240,6 +269,8 @@ def run(
         orphans=tuple(orphans),
         next_steps=tuple(steps),
         seconds=time.monotonic() - started,
+        renamed=renamed,
+        harbor_limits=harbor1.api_limits(catalog) if opts.harbor is not None else (),
     )
 
 

@@ -180,6 +180,8 @@ class HashProcess:
                 self._arrived.append(got)
         except (FerryError, WorkerError) as e:
             self._error = e
+        except Exception as e:  # the pipe closed under this thread by abort(): nothing left to report
+            self._error = WorkerError(f"hashing process: {type(e).__name__}: {e}")
 
     def collect(self) -> None:
         """Hand every result that has arrived so far to ``on_result`` (on the calling thread)."""

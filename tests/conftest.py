@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.realharbor import HarborUnavailable, RealHarbor
+from tests.support.realharbor import start as start_harbor
 from tests.support.zoo import Zoo, build_zoo
 
 NEEDS = ("docker-registry", "skopeo")
@@ -30,3 +32,33 @@ def zoo_copy(zoo: Zoo, tmp_path: Path) -> Path:
     dst = tmp_path / "root"
     shutil.copytree(zoo.root, dst)
     return dst
+
+
+def _real_harbor(version: str, factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
+    try:
+        harbor = start_harbor(version, factory.mktemp(f"harbor-{version}"))
+    except HarborUnavailable as e:
+        # never skipped: a Harbor that cannot start here is a failure of the tests that need it, with why
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield harbor
+    finally:
+        harbor.stop()
+
+
+@pytest.fixture(scope="session")
+def harbor29(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
+    """Real Harbor 2.9.5 (OCI 1.1: subject, referrers API, cosign accessories)."""
+    yield from _real_harbor("v2.9.5", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def harbor27(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
+    """Real Harbor 2.7.3 (no referrers API; refuses a signature pushed before its image)."""
+    yield from _real_harbor("v2.7.3", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def harbor110(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
+    """Real Harbor 1.10.19: the restore target."""
+    yield from _real_harbor("v1.10.19", tmp_path_factory)

@@ -19,14 +19,16 @@ here before they are sent, and the digest the registry answers is compared with 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
+import re
 import shutil
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
@@ -68,6 +70,12 @@ class PushStats:
     failed_tags: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (target repository, schema 1 digest) -> the digest of the schema 2 manifest pushed instead
     converted: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (target repository, tag) -> (the target's digest, the bundle's): tags the target had elsewhere,
+    #: not moved (without ``overwrite``) or moved (with it)
+    tags_kept: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    tags_moved: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    #: project -> why the registry refused this account access to it (said once, not per image)
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 class _Body:
@@ -126,10 +134,13 @@ class RegistrySink:
         retries: int = 5,
         backoff: float = 0.5,
         convert_schema1: bool = False,
+        overwrite: bool = False,
         on_progress: ProgressCallback = no_progress,
     ) -> None:
         self.client = client
         self.convert_schema1 = convert_schema1
+        #: move a tag the target has at another digest (else it is kept, and reported)
+        self.overwrite = overwrite
         self.names = names
         self.chunk_size = chunk_size
         self.retries = retries
@@ -148,6 +159,11 @@ class RegistrySink:
         self._diff_ids: dict[str, str] = {}  # layer digest -> uncompressed sha256, for schema 1 conversion
         self._diff_wanted: set[str] = set()
         self._catalog: Catalog | None = None
+        #: manifests waiting for one they refer to (a signature for its image): (target, digest) of the
+        #: one awaited -> what to submit once it is
+        self._parked: dict[
+            tuple[str, str], list[tuple[tuple[str, str], list[tuple[str, str]], Callable[[], None]]]
+        ] = {}
         self._done_bytes = 0
         self._total_bytes = 0
         self._images_done = 0
@@ -176,6 +192,7 @@ class RegistrySink:
         targets = {self.names[r.name] for r in catalog.repositories}
         self._absent: set[str] = targets - listed if listed is not None else set()
         # (repository, digest) -> its tags, looked up once per manifest instead of scanning every repository
+        self._held = {r.name: set(r.manifests) for r in catalog.repositories}
         self._tags_of: dict[tuple[str, str], list[str]] = {}
         for repo in catalog.repositories:
             for tag, d in sorted(repo.tags.items()):
@@ -237,11 +254,48 @@ class RegistrySink:
             ref = tags[0] if tags else (converted.digest if converted else content.digest)
             if tags:
                 self._tagged_by_put.add((target, tags[0]))
-            self._manifest_jobs[key] = self._pool.submit(
-                self._put_manifest, target, ref, manifest, raw, converted
+            deps = [(target, d) for d in referred_to(self._held[repo], manifest, tags)]
+            self._submit_after(
+                key, deps, functools.partial(self._put_manifest, target, ref, manifest, raw, converted)
             )
 
+    def _submit_after(
+        self, key: tuple[str, str], deps: list[tuple[str, str]], put: Callable[[], None]
+    ) -> None:
+        """Submit ``put`` (the PUT of ``key``) to run once every manifest in ``deps`` has landed.
+
+        A registry may refuse a manifest that refers to one it does not have yet (Harbor 2.7 answers 404 to a
+        cosign tag ``sha256-<digest>.sig`` pushed before its image): such a PUT waits for the job of what it
+        refers to.  A job that does not exist yet is parked until it is submitted; jobs run in submission
+        order, so a PUT waits only for jobs submitted before it, under any ``-j`` (no deadlock at -j 1)."""
+        waits = []
+        for dep in deps:
+            job = self._manifest_jobs.get(dep)
+            if job is None:
+                self._parked.setdefault(dep, []).append((key, deps, put))
+                return
+            waits.append(job)
+
+        def run() -> None:
+            for w in waits:
+                w.result()
+            put()
+
+        self._manifest_jobs[key] = self._pool.submit(run) if waits else self._pool.submit(put)
+        for parked in self._parked.pop(key, []):
+            self._submit_after(*parked)
+
+    def _release_parked(self) -> None:
+        """What still waits for a manifest that will not be pushed (not in the bundle's repository, or
+        skipped): submitted now, without it; the registry says whether it takes it."""
+        while self._parked:
+            _, waiting = self._parked.popitem()
+            for key, _, put in waiting:
+                if key not in self._manifest_jobs:
+                    self._submit_after(key, [], put)
+
     def tag(self, repo: str, tag: str, digest: str) -> None:
+        self._release_parked()
         target = self.names[repo]
         job = self._manifest_jobs.get((target, digest))
         if job is None:
@@ -257,6 +311,7 @@ class RegistrySink:
         self._tag_jobs.append(self._pool.submit(self._put_tag, target, tag, digest))
 
     def commit(self) -> SinkResult:
+        self._release_parked()
         self._wait(self._blob_jobs)
         self._wait(list(self._manifest_jobs.values()))
         self._wait(self._tag_jobs)
@@ -279,7 +334,24 @@ class RegistrySink:
     def _fail(self, repo: str, digest: str, reason: str) -> None:
         with self._lock:
             self.stats.failed.setdefault((repo, digest), reason)
-        log.warning("%s@%s: %s", repo, digest, reason)
+            refused = repo.split("/", 1)[0] in self.stats.refused
+        # a project the account may not use is said once (PushResult.refused), not per blob and image
+        (log.debug if refused else log.warning)("%s@%s: %s", repo, digest, reason)
+
+    def _describe(self, e: Exception, repo: str) -> str:
+        """The reason an image fails; a refusal of the whole project is recorded once, for the report."""
+        if isinstance(e, RegistryError) and _refuses_project(e):
+            project = repo.split("/", 1)[0]
+            with self._lock:
+                self.stats.refused.setdefault(project, e.message)
+            return f"the registry refused this account access to project {project}"
+        return _describe(e, repo)
+
+    def _check_project(self, repo: str) -> None:
+        """Once a project refused this account, its other images fail at once, without a request each."""
+        project = repo.split("/", 1)[0]
+        if project in self.stats.refused:
+            raise RegistryError(f"refused access to project {project}", status=403)
 
     def _bad(self, repo: str, digest: str) -> bool:
         key = (repo, digest)
@@ -313,7 +385,7 @@ class RegistrySink:
                 try:
                     self._blob_to(repo, body)
                 except (RegistryError, OSError) as e:
-                    self._fail(repo, d, _describe(e, repo))
+                    self._fail(repo, d, self._describe(e, repo))
             if d in self._diff_wanted:
                 diff = schema1.diff_id(body.chunks())
                 with self._lock:
@@ -325,6 +397,7 @@ class RegistrySink:
     def _blob_to(self, repo: str, body: _Body) -> None:
         d = body.content.digest
         c = self.client
+        self._check_project(repo)
         with self._lock:
             source = self._where.get(d)
         if source == repo:
@@ -459,6 +532,7 @@ class RegistrySink:
         self, repo: str, ref: str, manifest: Manifest, raw: bytes, converted: schema1.Converted | None
     ) -> None:
         try:
+            self._check_project(repo)
             if converted is None:
                 self._put(repo, ref, manifest.media_type, raw, manifest.digest)
             else:
@@ -479,7 +553,7 @@ class RegistrySink:
                 with self._lock:
                     self.stats.converted[(repo, manifest.digest)] = converted.digest
         except (RegistryError, OSError) as e:
-            self._fail(repo, manifest.digest, _describe(e, repo))
+            self._fail(repo, manifest.digest, self._describe(e, repo))
         finally:
             if (repo, manifest.digest) in self._untagged:
                 self._advance(images=1)
@@ -495,18 +569,32 @@ class RegistrySink:
                 self._put(repo, tag, m.media_type, self._raw[digest], digest)
         except RegistryError as e:
             with self._lock:
-                self.stats.failed_tags[(repo, tag)] = _describe(e, repo)
+                self.stats.failed_tags[(repo, tag)] = self._describe(e, repo)
         finally:
             self._advance(images=1)
 
     def _put(self, repo: str, ref: str, media_type: str, raw: bytes, digest: str) -> None:
         c = self.client
-        # a manifest (or tag) already at this digest is left alone: a rerun over a complete target PUTs
-        # nothing.  Not asked in a repository the registry did not list at the start
-        if repo not in self._absent and self._tag_digest(repo, ref) == digest:
-            with self._lock:
-                self.stats.manifests_present += 1
-            return
+        # what the target serves for this reference, asked first (not in a repository the registry did not
+        # list at the start, which holds nothing): already at this digest, nothing is sent (a rerun over a
+        # complete target PUTs nothing); a tag at another digest is not moved unless asked
+        if repo not in self._absent:
+            current = self._tag_digest(repo, ref)
+            if current == digest:
+                with self._lock:
+                    self.stats.manifests_present += 1
+                return
+            if current is not None and ref != digest:
+                with self._lock:
+                    if not self.overwrite:
+                        self.stats.tags_kept[(repo, ref)] = (current, digest)
+                    else:
+                        self.stats.tags_moved[(repo, ref)] = (current, digest)
+                if not self.overwrite:
+                    log.info("%s:%s is at %s on the target, not moved to %s", repo, ref, current, digest)
+                    # the image still lands, by digest: only the tag stays where it is
+                    self._put(repo, digest, media_type, raw, digest)
+                    return
 
         def attempt() -> httpx.Response:
             return c.request(
@@ -562,6 +650,22 @@ class RegistrySink:
         return str(got) if got else None
 
 
+_ACCESSORY_TAG = re.compile(r"^(sha256)-([0-9a-f]{64})\.(sig|att|sbom)$")
+
+
+def referred_to(held: set[str], manifest: Manifest, tags: Sequence[str]) -> list[str]:
+    """The manifests of a repository (``held``) that ``manifest`` refers to and that must land before it:
+    its ``subject``, and the image a cosign-style tag names (``sha256-<hex>.sig``, ``.att``, ``.sbom``)."""
+    out = []
+    if manifest.subject is not None:
+        out.append(manifest.subject)
+    for tag in tags:
+        m = _ACCESSORY_TAG.match(tag)
+        if m:
+            out.append(f"{m.group(1)}:{m.group(2)}")
+    return [d for d in dict.fromkeys(out) if d != manifest.digest and d in held]
+
+
 def _location(r: httpx.Response) -> str:
     loc = r.headers.get("Location")
     if not loc:
@@ -574,6 +678,17 @@ def _location(r: httpx.Response) -> str:
 
 def _with_digest(location: str, digest: str) -> str:
     return str(httpx.URL(location).copy_merge_params({"digest": digest}))
+
+
+def _refuses_project(e: RegistryError) -> bool:
+    """A refusal of the account in the repository's project (401 after authenticating, or a 403 that is
+    not a quota): everything else in that project will be refused the same way."""
+    if e.status == 401:
+        return True
+    if e.status != 403:
+        return False
+    text = " ".join([e.message, *(d.message for d in e.diagnostics)]).lower()
+    return not any(word in text for word in ("quota", "exceed", "upper limit", "immutable"))
 
 
 def _describe(e: Exception, repo: str) -> str:

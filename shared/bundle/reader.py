@@ -177,7 +177,10 @@ class Bundle:
             for ti in iter_members(self.data):
                 self.members.append(Member(ti.name, ti.offset_data, ti.size))
         except BundleFormatError as e:
-            self.scan_error = e
+            # a header the end of the file cuts is truncation (named as such: the trailer is missing), not
+            # damage
+            if e.offset is None or e.offset + BLOCK <= self.data.size:
+                self.scan_error = e
 
     def close(self) -> None:
         self.data.close()

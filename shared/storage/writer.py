@@ -14,7 +14,7 @@ Guarantees:
   written from the same buffer; a large one is copied by the kernel (``copy_file_range``, which also
   reflinks where the file system can) and the temp file is hashed before the rename;
 * merging: existing blobs with the right size are not rewritten; other repositories are not touched; a tag
-  that exists is moved to the new digest and reported;
+  that exists at another digest is kept and reported (moved and reported with ``overwrite``);
 * ownership: everything created or rewritten, folders included, is chowned to ``owner``.
 
 Tags are written last by the copy algorithm, after the source confirmed it was complete, so an interrupted
@@ -80,16 +80,26 @@ class RestoreStats:
     tags_written: int = 0
     tags_unchanged: int = 0
     tags_moved: list[tuple[str, str, str]] = field(default_factory=list)  # (repo:tag, old, new)
+    #: tags the target had at another digest and that were not moved: (repo:tag, target's, bundle's)
+    tags_kept: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 class StorageTreeSink:
     """Writes images into the storage tree at ``root`` (the registry's ``rootdirectory``)."""
 
     def __init__(
-        self, root: str, *, owner: Owner | None, jobs: int = 0, existing: set[str] | None = None
+        self,
+        root: str,
+        *,
+        owner: Owner | None,
+        jobs: int = 0,
+        existing: set[str] | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.layout = StorageLayout.for_root(root)
         self.owner = owner
+        #: move a tag that points elsewhere in the target (else it is kept, and reported)
+        self.overwrite = overwrite
         self.stats = RestoreStats()
         self._lock = threading.Lock()
         #: folders known to exist, as this run creates or meets them
@@ -353,6 +363,11 @@ class StorageTreeSink:
             if self.layout.path(TagsDir(repo)) in self._fresh_dirs
             else tag_target(self.layout, repo, tag)
         )
+        if old is not None and old != digest and not self.overwrite:
+            with self._lock:
+                self.stats.tags_kept.append((f"{repo}:{tag}", old, digest))
+            log.info("tag %s:%s is at %s in the target, not moved to %s", repo, tag, old, digest)
+            return
         self._write_small(self.layout.path(TagIndexEntryLink(repo, tag, d)), digest.encode())
         written = self._write_small(current, digest.encode())
         with self._lock:
@@ -469,6 +484,7 @@ class _LinkProcess:
         stats.tags_written += child.tags_written
         stats.tags_unchanged += child.tags_unchanged
         stats.tags_moved += child.tags_moved
+        stats.tags_kept += child.tags_kept
 
     def abort(self) -> None:
         self._worker.abort()

@@ -19,7 +19,7 @@ from importer.push import PushOptions, PushResult, map_names
 from importer.push import run as push
 from importer.registry.client import Credentials
 from shared.bundle.reader import Bundle
-from shared.errors import AuthError, RegistryError, RegistryUnreachable, UsageError
+from shared.errors import AuthError, RegistryUnreachable, UsageError
 from shared.manifest import SCHEMA1_TYPES
 from shared.progress import Progress
 from shared.storage.reader import Selection
@@ -229,102 +229,27 @@ def push_to_harbor(harbor: HarborStandIn, bundle: Path, **options: Any) -> PushR
     )
 
 
-def test_token_auth_and_harbor_projects(zoo: Zoo, bundle: Path, harbor: HarborStandIn) -> None:
-    # Harbor refuses pushes into projects that do not exist: the token grants nothing there
-    r = push_to_harbor(harbor, bundle, create_projects=False, retries=1)
-    assert r.harbor == "v2.10.0" and r.failed
-    assert all(
-        "401" in i.reason or "UNAUTHORIZED" in i.reason or "denied" in i.reason.lower() for i in r.failed
-    ), r.failed
-    # ferry creates the projects and everything lands (one-level names under library/)
-    r = push_to_harbor(harbor, bundle, jobs=4)
-    assert not r.failed, r.failed
-    assert set(r.projects_created) == {"team", "docker", "charts"}
-    assert {"team", "docker", "charts", "library"} <= harbor.projects
-    assert {
-        c[2]["project_name"] for c in harbor.calls if c[1] == "/api/v2.0/projects" and c[0] == "POST"
-    } >= {"team"}  # type: ignore[index]
-    assert harbor.tokens_issued > 0 and harbor.cookies_seen == []
-    pushed = {i.ref: i.digest for i in r.images if i.status == "pushed"}
-    for repo, tags in expected(zoo).items():
-        target = repo if "/" in repo else f"library/{repo}"
-        for tag, digest in tags.items():
-            assert pushed[f"{target}:{tag}"] == digest
-    # the registry itself serves them, through token auth, with the source digests
-    raw = skopeo(
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        "--creds",
-        f"{harbor.username}:{harbor.password}",
-        f"docker://127.0.0.1:{harbor.proxy.port}/library/multi:latest",
-    ).stdout
-
-    assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == zoo.served["multi"]["latest"]
-
-
 def test_token_expiry_is_refreshed(bundle: Path, harbor: HarborStandIn) -> None:
     harbor.token_ttl = 31  # ferry refreshes 30 s early: every token is used once, then renewed
     r = push_to_harbor(harbor, bundle)
     assert not r.failed and harbor.tokens_issued > 5
 
 
-def test_account_that_may_not_create_projects_is_told_clearly(bundle: Path, harbor: HarborStandIn) -> None:
-    harbor.allow_create = False
-    with pytest.raises(RegistryError, match="may not create Harbor project"):
-        push_to_harbor(harbor, bundle)
-
-
-def test_immutable_tags_at_the_right_digest_are_done_and_others_fail_by_name(
-    zoo: Zoo, bundle: Path, harbor: HarborStandIn
-) -> None:
-    assert not push_to_harbor(harbor, bundle).failed
-    # someone moved team/app:v1 on the target before the rule was set
-    login = f"{harbor.username}:{harbor.password}"
-    host = f"127.0.0.1:{harbor.proxy.port}"
-    skopeo(
-        "copy",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        "--src-creds",
-        login,
-        "--dest-creds",
-        login,
-        f"docker://{host}/team/app:v2",
-        f"docker://{host}/team/app:v1",
-    )
-    harbor.immutable = {"library/multi:latest", "team/app:v1"}
-    r = push_to_harbor(harbor, bundle)
-    # library/multi:latest is at the bundle's digest already: it is not PUT again (a HEAD says so), so
-    # only the moved tag meets the rule
-    assert [s for s, _ in harbor.refused] == [412]
-    outcome = {i.ref: i for i in r.images}
-    assert outcome["library/multi:latest"].status == "pushed"
-    failed = outcome["team/app:v1"]
-    assert failed.status == "failed" and "immutable" in failed.reason and "team/app:v1" in failed.reason
-    assert zoo.served["team/app"]["v2"] in failed.reason  # where the tag points instead
-    assert [i.ref for i in r.failed] == ["team/app:v1"]
-
-
-def test_quota_and_size_refusals_name_the_repository(zoo: Zoo, bundle: Path, harbor: HarborStandIn) -> None:
+def test_a_size_refusal_names_the_repository(zoo: Zoo, bundle: Path, harbor: HarborStandIn) -> None:
+    """413 for a manifest over the target's limit: real Harbor's is 4 MiB, which no test image reaches,
+    so the stand-in plays it (quota and immutable refusals are tested against real Harbor)."""
     catalog = Bundle.open(bundle).catalog
     biggest = max(
         (m for m in catalog.manifests.values() if m.media_type not in SCHEMA1_TYPES), key=lambda m: m.size
     )
     harbor.max_manifest = biggest.size - 1
-    harbor.quota_full = {"charts"}
     r = push_to_harbor(harbor, bundle, retries=2)
-    statuses = {s for s, _ in harbor.refused}
-    assert statuses == {403, 413}
+    assert {s for s, _ in harbor.refused} == {413}
     failed = {i.source: i.reason for i in r.failed}
     too_big = {i.ref for i in catalog.images() if biggest.digest in catalog.closure(i.digest)}
-    quota = {i.ref for i in catalog.images() if i.repository == "charts/c"}
-    assert set(failed) == too_big | quota
+    assert set(failed) == too_big
     for ref in too_big:
         assert "413" in failed[ref] and ref.split(":")[0] in failed[ref], failed[ref]
-    for ref in quota:
-        assert "403" in failed[ref] and "quota" in failed[ref] and "charts/c" in failed[ref], failed[ref]
-    assert sum(i.status == "pushed" for i in r.images) == len(r.images) - len(failed) - 1  # - schema 1
 
 
 def test_faults_are_retried_and_every_image_arrives_intact(

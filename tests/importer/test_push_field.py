@@ -133,20 +133,23 @@ def test_fault_soak(bundle: Path, tmp_path: Path, rate: float) -> None:
         proxy = Proxy(reg.host, faults=plan).start()
         try:
             runs = 0
+            why: list[str] = []
             for _ in range(8):
                 runs += 1
                 try:
                     r = push(
-                        PushOptions(bundle=str(bundle), registry=proxy.url, retries=4, backoff=0.02, jobs=8)
+                        PushOptions(bundle=str(bundle), registry=proxy.url, retries=6, backoff=0.02, jobs=8)
                     )
-                except RegistryError:
+                except RegistryError as e:
+                    why.append(e.message)
                     _served_right(reg, bundle, complete=False)
                     continue
                 if not r.failed:
                     break
+                why.append("; ".join(f"{i.ref}: {i.reason}" for i in r.failed[:3]))
                 _served_right(reg, bundle, complete=False)
             else:
-                pytest.fail(f"no complete push in 8 runs at a fault rate of {rate}")
+                pytest.fail(f"no complete push in 8 runs at a fault rate of {rate}: " + " | ".join(why))
             assert plan.injected, "the proxy injected no fault"
             _served_right(reg, bundle, complete=True)
         finally:

@@ -121,12 +121,19 @@ def test_merge_keeps_other_repositories_and_second_run_is_a_no_op(zoo: Zoo, tmp_
         assert served(reg) == zoo.served
 
 
-def test_existing_tag_is_moved_and_reported(zoo: Zoo, bundle: Path, tmp_path: Path) -> None:
+def test_existing_tag_is_kept_or_with_overwrite_moved_and_reported(
+    zoo: Zoo, bundle: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "root"
     shutil.copytree(zoo.root, root)
     link = root / "docker/registry/v2/repositories/weird/_manifests/tags/current/current/link"
     link.write_bytes(zoo.served["weird"]["index"].encode())  # someone moved the tag on the target side
+    # by default a tag the target has elsewhere is kept and reported (the CLI exits 1)
     r = restore(RestoreOptions(bundle=str(bundle), root=root, owner=None))
+    assert r.tags_kept == (("weird:current", zoo.served["weird"]["index"], zoo.served["weird"]["current"]),)
+    assert not r.tags_moved and link.read_bytes() == zoo.served["weird"]["index"].encode()
+    # with overwrite it is moved, and reported
+    r = restore(RestoreOptions(bundle=str(bundle), root=root, owner=None, overwrite=True))
     assert r.tags_moved == (("weird:current", zoo.served["weird"]["index"], zoo.served["weird"]["current"]),)
     assert link.read_bytes() == zoo.served["weird"]["current"].encode()
 
@@ -337,17 +344,21 @@ def test_harbor_stand_in_gets_projects_and_sync(bundle: Path, tmp_path: Path) ->
                 harbor=HarborAccess(harbor.url, "admin", "Harbor12345"),
             )
         )
+        # one-level names land under library/ (Harbor 1.x cannot serve them), and say so
+        assert ("multi", "library/multi") in r.renamed
         assert r.harbor is not None and set(r.harbor.created) == {"team", "docker"}
-        assert r.harbor.existing == ("charts",) and r.harbor.synced_quota
+        assert set(r.harbor.existing) == {"charts", "library"} and r.harbor.synced_quota
         posts = [c[1] for c in harbor.calls if c[0] == "POST"]
         assert posts[-2:] == ["/api/internal/syncregistry", "/api/internal/syncquota"]
         assert {c[2]["project_name"] for c in harbor.calls if c[1] == "/api/projects"} == {
             "team",
             "docker",
             "charts",
+            "library",
         }  # type: ignore[index]
         assert harbor.cookies_seen == []  # ferry never sends Harbor's session cookie back
-        assert "multi" in r.orphans and not r.next_steps
+        assert not r.orphans and not r.next_steps
+        assert (tmp_path / "root/docker/registry/v2/repositories/library/multi/_manifests").is_dir()
         # a wrong password is one clear error
         p = subprocess.run(
             [

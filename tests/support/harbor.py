@@ -1,5 +1,10 @@
 """A STAND-IN for Harbor's own REST endpoints (not Harbor), written from Harbor's API docs.
 
+Harbor behaviour is tested against real Harbor (tests/support/realharbor.py, ../shared/harbor/).  This
+stand-in is kept only for what a real Harbor cannot be made to do in a test: a token that expires within
+one push (Harbor's shortest expiry is a minute), a manifest size limit below Harbor's 4 MiB (413), and
+faults injected into Harbor's own paths (5xx, 429, cut connections) at a chosen rate.
+
 It plays only what ferry calls (and, in front of /v2, the refusals Harbor's core adds: immutable tags,
 quota, manifest size): ``/api/systeminfo``, ``/api/projects`` and the 1.x internal sync calls;
 ``/api/v2.0/systeminfo`` and ``/api/v2.0/projects``; and the token service ``/service/token``, which like

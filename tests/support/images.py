@@ -66,9 +66,14 @@ class Layout:
         subject: dict[str, object] | None = None,
         artifact_type: str | None = None,
         label: str = "",
+        layer_type: str = OCI_LAYER,
+        layer_annotations: dict[str, str] | None = None,
+        config: bytes | None = None,
     ) -> dict[str, object]:
         """Writes config + manifest; returns the manifest descriptor (not yet named in index.json)."""
-        if config_type == OCI_CONFIG:
+        if config is not None:
+            pass
+        elif config_type == OCI_CONFIG:
             config = json.dumps(
                 {
                     "architecture": arch,
@@ -86,7 +91,13 @@ class Layout:
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": self._desc(config, config_type),
-            "layers": [self._desc(layer, OCI_LAYER) for layer in layers] + (extra_layers or []),
+            "layers": [
+                self._desc(
+                    layer, layer_type, **({"annotations": layer_annotations} if layer_annotations else {})
+                )
+                for layer in layers
+            ]
+            + (extra_layers or []),
         }
         if subject:
             manifest["subject"] = subject

@@ -3,11 +3,15 @@ from images skopeo pushes.  Expected values are read back from the registry's ow
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .images import OCI_LAYER, Layout, make_layer
 from .registry import Registry, push_layout
+
+COSIGN_LAYER = "application/vnd.dev.cosign.simplesigning.v1+json"
 
 FOREIGN_OCI = {
     "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
@@ -57,6 +61,33 @@ def build_zoo(workdir: Path) -> Zoo:
         artifact_type="application/vnd.dev.cosign.artifact.sig.v1+json",
     )
     lay.name(sig, "sig")
+    # a signature as cosign writes it (Harbor 2.x makes it an accessory of the image it signs)
+    payload = json.dumps(
+        {
+            "critical": {
+                "identity": {"docker-reference": "team/app"},
+                "image": {"docker-manifest-digest": v2["digest"]},
+                "type": "cosign container image signature",
+            },
+            "optional": None,
+        },
+        sort_keys=True,
+    ).encode()
+    cosign = lay.image(
+        [payload],
+        config=json.dumps(
+            {
+                "architecture": "",
+                "os": "",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(payload).hexdigest()]},
+            }
+        ).encode(),
+        layer_type=COSIGN_LAYER,
+        layer_annotations={"dev.cosignproject.cosign/signature": "MEUCIQDferrytestsignature=="},
+        label="cosign",
+    )
+    lay.name(cosign, "cosign")
     sbom = lay.image(
         [make_layer(9)],
         config_type="application/vnd.oci.empty.v1+json",
@@ -88,6 +119,7 @@ def build_zoo(workdir: Path) -> Zoo:
         ("foreign", "foreign:1", None),
         ("foreign", "dforeign:1", "v2s2"),
         ("sig", f"team/app:sha256-{v1['digest'].split(':')[1]}.sig", None),  # type: ignore[union-attr]
+        ("cosign", f"team/app:sha256-{v2['digest'].split(':')[1]}.sig", None),  # type: ignore[union-attr]
         ("sbom", "team/app:tmp", None),  # then moved away: the sbom (with subject) stays untagged
         ("single", "team/app:tmp", None),
         ("gone", "gone:1", None),

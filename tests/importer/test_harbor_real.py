@@ -1,0 +1,316 @@
+"""Push into real Harbor 2.9.5 and 2.7.3 (../shared/harbor/): projects, accounts, robots, quotas,
+immutable tags, accessories, signatures, name mapping, tags already on the target.
+
+Every test makes its own projects (through ``--map``), so one Harbor per version serves the session."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bundler.export import ExportOptions
+from bundler.export import run as export
+from ferry.cli import app
+from importer.names import map_names
+from importer.push import PushOptions, PushResult
+from importer.push import run as push
+from importer.registry.client import Credentials
+from shared.bundle.reader import Bundle
+from shared.errors import RegistryError
+from shared.model import Catalog
+from shared.storage.reader import Selection
+from tests.support.harborcheck import check
+from tests.support.realharbor import MAINTAINER, RealHarbor
+from tests.support.registry import skopeo
+from tests.support.zoo import Zoo
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundle(zoo: Zoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("harbor-real") / "zoo.tar"
+    export(ExportOptions(root=zoo.root, output=out, selection=Selection(untagged=True)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def catalog(bundle: Path) -> Catalog:
+    with Bundle.open(bundle) as b:
+        return b.catalog
+
+
+def _maps(catalog: Catalog, prefix: str) -> tuple[tuple[str, str], ...]:
+    """Every repository of the bundle into fresh projects named after ``prefix``: each test its own."""
+    tops = sorted({r.name.split("/", 1)[0] for r in catalog.repositories if "/" in r.name})
+    return tuple((t, f"{prefix}-{t}") for t in tops)
+
+
+def _push(harbor: RealHarbor, bundle: Path, creds: tuple[str, str] | None = None, **kw: object) -> PushResult:
+    user, pw = creds or (harbor.username, harbor.password)
+    return push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=Credentials(user, pw), **kw))  # type: ignore[arg-type]
+
+
+def _names(catalog: Catalog, maps: tuple[tuple[str, str], ...], default: str) -> dict[str, str]:
+    return map_names([r.name for r in catalog.repositories], harbor=True, default_project=default, maps=maps)
+
+
+@pytest.mark.parametrize("version", ["harbor29", "harbor27"])
+def test_admin_push_lands_everything_as_harbor_describes_it(
+    request: pytest.FixtureRequest, version: str, bundle: Path, catalog: Catalog
+) -> None:
+    harbor: RealHarbor = request.getfixturevalue(version)
+    prefix = f"a{uuid.uuid4().hex[:6]}"
+    maps, default = _maps(catalog, prefix), f"{prefix}-lib"
+    r = _push(harbor, bundle, maps=maps, default_project=default, jobs=8)
+    assert not r.failed, [(i.ref, i.reason) for i in r.failed]
+    assert r.harbor and r.harbor.startswith({"harbor29": "v2.9.", "harbor27": "v2.7."}[version])
+    names = _names(catalog, maps, default)
+    assert check(catalog, harbor.url, harbor.username, harbor.password, names=names) == []
+    # projects are created only for what is pushed: `old` holds only a schema 1 image (skipped by
+    # default), so its project is not created
+    created = set(r.projects_created)
+    assert f"{prefix}-team" in created and default in created
+    assert names["old"].split("/", 1)[0] == default
+    legacy = f"{prefix}-legacy"
+    r = _push(harbor, bundle, maps=((*maps, ("old", f"{legacy}/old"))), default_project=default)
+    assert legacy not in r.projects_created
+    status, _, _ = harbor.api("HEAD", f"/projects?project_name={legacy}")
+    assert status == 404
+
+
+def test_signatures_wait_for_their_image_under_any_concurrency(
+    harbor27: RealHarbor, bundle: Path, catalog: Catalog
+) -> None:
+    """Harbor 2.7 refuses a cosign tag sha256-<digest>.sig whose image is not there yet (404): it
+    happened in half the first pushes at -j 8.  Each run here goes into fresh projects."""
+    for jobs in (1, 16, 32, 16, 32, 64):
+        prefix = f"s{uuid.uuid4().hex[:6]}"
+        r = _push(harbor27, bundle, maps=_maps(catalog, prefix), default_project=f"{prefix}-lib", jobs=jobs)
+        assert not r.failed, (jobs, [(i.ref, i.reason) for i in r.failed])
+
+
+def test_dry_run_names_projects_to_create_and_treats_them_as_empty(
+    harbor29: RealHarbor, bundle: Path, catalog: Catalog
+) -> None:
+    prefix = f"d{uuid.uuid4().hex[:6]}"
+    r = runner.invoke(
+        app,
+        [
+            "push",
+            str(bundle),
+            "--registry",
+            harbor29.url,
+            "-u",
+            harbor29.username,
+            "--password-stdin",
+            "--dry-run",
+            "--json",
+            "--default-project",
+            f"{prefix}-lib",
+            *(f"--map={a}={b}" for a, b in _maps(catalog, prefix)),
+        ],
+        input=harbor29.password + "\n",
+    )
+    assert r.exit_code == 0, r.stderr
+    import json
+
+    doc = json.loads(r.stdout)
+    assert f"{prefix}-team" in doc["plan"]["projectsToCreate"]
+    assert doc["plan"]["tagsToCreate"] and not doc["plan"]["tagsToMove"] and not doc["plan"]["tagsRight"]
+    assert doc["plan"]["blobsPresent"] == 0
+    status, _, _ = harbor29.api("HEAD", f"/projects?project_name={prefix}-team")
+    assert status == 404  # a dry run creates nothing
+
+
+def test_a_non_member_is_told_once_per_project(harbor29: RealHarbor, bundle: Path, catalog: Catalog) -> None:
+    project = harbor29.project()
+    user, pw = harbor29.user()
+    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    r = runner.invoke(
+        app,
+        [
+            "push",
+            str(bundle),
+            "--registry",
+            harbor29.url,
+            "-u",
+            user,
+            "--password-stdin",
+            *(f"--map={a}={b}" for a, b in maps),
+        ],
+        input=pw + "\n",
+    )
+    assert r.exit_code == 1, r.stderr
+    lines = r.stderr.splitlines()
+    refused = [line for line in lines if line.startswith("refused")]
+    assert len(refused) == 1 and user in refused[0] and project in refused[0], r.stderr
+    assert any("Developer or Maintainer" in line and "robot account" in line for line in lines)
+    assert len(lines) < 10, r.stderr  # not a warning per blob and a 401 per image
+
+
+def test_a_member_pushes_into_its_project_but_may_not_create_projects(
+    harbor29: RealHarbor, bundle: Path, catalog: Catalog
+) -> None:
+    project = harbor29.project()
+    user, pw = harbor29.user()
+    harbor29.member(project, user, MAINTAINER)
+    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    r = _push(harbor29, bundle, (user, pw), maps=maps)
+    assert not r.failed and not r.projects_created
+    assert check(catalog, harbor29.url, user, pw, names=_names(catalog, maps, "library")) == []
+    # where only administrators may create projects (Harbor's setting), an ordinary account is told so
+    harbor29.ok("PUT", "/configurations", {"project_creation_restriction": "adminonly"})
+    try:
+        with pytest.raises(RegistryError, match="may not create Harbor project"):
+            _push(
+                harbor29,
+                bundle,
+                (user, pw),
+                maps=_maps(catalog, f"m{uuid.uuid4().hex[:6]}"),
+                default_project=project,
+            )
+    finally:
+        harbor29.ok("PUT", "/configurations", {"project_creation_restriction": "everyone"})
+
+
+def test_robot_accounts(harbor29: RealHarbor, bundle: Path, catalog: Catalog) -> None:
+    project = harbor29.project()
+    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    robot = harbor29.robot(project=project)
+    assert not _push(harbor29, bundle, robot, maps=maps).failed
+    # a project robot cannot create projects
+    with pytest.raises(RegistryError, match="may not create Harbor project"):
+        _push(
+            harbor29, bundle, robot, maps=_maps(catalog, f"q{uuid.uuid4().hex[:6]}"), default_project=project
+        )
+    # a system robot pushes where it has push
+    other = harbor29.project()
+    maps = tuple((r.name, f"{other}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    assert not _push(harbor29, bundle, harbor29.robot(system_on=(other,)), maps=maps).failed
+    # given the right to create projects too, Harbor 2.9.5 gives such a robot no repository action at all
+    # (seen in its tokens): it creates the project, then every push there is refused, said once
+    creator = harbor29.robot(system_on=(other,), create_projects=True)
+    fresh = f"n{uuid.uuid4().hex[:6]}"
+    r = _push(
+        harbor29,
+        bundle,
+        creator,
+        maps=tuple((x.name, f"{fresh}/{x.name.replace('/', '-')}") for x in catalog.repositories),
+    )
+    assert r.projects_created == (fresh,) and list(r.refused) == [fresh]
+    assert r.failed and all(i.ref.startswith(f"{fresh}/") for i in r.failed)
+
+
+def test_a_storage_quota_is_named_per_repository(
+    harbor29: RealHarbor, bundle: Path, catalog: Catalog
+) -> None:
+    project = harbor29.project(storage_limit=20_000)  # a few layers fit, not all
+    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    r = _push(harbor29, bundle, maps=maps, retries=1)
+    assert r.failed
+    for i in r.failed:
+        assert "403" in i.reason and i.ref.split("@")[0].split(":")[0] in i.reason, i.reason
+    assert not r.refused  # a quota is not a refusal of the account
+
+
+def test_immutable_tags_same_digest_is_done_other_digest_is_named(
+    harbor29: RealHarbor, bundle: Path, catalog: Catalog
+) -> None:
+    project = harbor29.project()
+    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    assert not _push(harbor29, bundle, maps=maps).failed
+    harbor29.immutable(project, "**")
+    again = _push(harbor29, bundle, maps=maps)
+    assert not again.failed  # every tag at the bundle's digest already: done, nothing PUT
+    # a tag moved on the target, then protected: kept and reported by default; --overwrite meets the rule
+    login = f"{harbor29.username}:{harbor29.password}"
+    app_v1 = f"{project}/team-app:v1"
+    status, _, _ = harbor29.api("DELETE", f"/projects/{project}/immutabletagrules/1")
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-creds",
+        login,
+        "--dest-creds",
+        login,
+        f"docker://{harbor29.host}/{project}/team-app:v2",
+        f"docker://{harbor29.host}/{app_v1}",
+    )
+    harbor29.immutable(project, "v1")
+    kept = _push(harbor29, bundle, maps=maps)
+    assert [i.ref for i in kept.failed] == [app_v1] and kept.failed[0].status == "conflict"
+    forced = _push(harbor29, bundle, maps=maps, overwrite=True)
+    assert [i.ref for i in forced.failed] == [app_v1] and "immutable" in forced.failed[0].reason
+    assert status
+
+
+def test_tags_already_on_the_target_are_kept_unless_overwrite(
+    harbor29: RealHarbor, bundle: Path, catalog: Catalog
+) -> None:
+    project = harbor29.project()
+    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    assert not _push(harbor29, bundle, maps=maps).failed
+    login = f"{harbor29.username}:{harbor29.password}"
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-creds",
+        login,
+        "--dest-creds",
+        login,
+        f"docker://{harbor29.host}/{project}/team-app:v2",
+        f"docker://{harbor29.host}/{project}/team-app:v1",
+    )
+    v1 = catalog.repositories[[r.name for r in catalog.repositories].index("team/app")].tags["v1"]
+    args = [
+        "push",
+        str(bundle),
+        "--registry",
+        harbor29.url,
+        "-u",
+        harbor29.username,
+        "--password-stdin",
+        *(f"--map={a}={b}" for a, b in maps),
+    ]
+    plan = runner.invoke(app, [*args, "--dry-run"], input=harbor29.password + "\n")
+    assert (
+        plan.exit_code == 0 and f"{project}/team-app:v1" in plan.stdout and "would be kept" in plan.stdout
+    ), plan.stdout
+    r = runner.invoke(app, args, input=harbor29.password + "\n")
+    assert r.exit_code == 1 and f"conflict {project}/team-app:v1" in r.stderr and v1 in r.stderr, r.stderr
+    r = runner.invoke(app, [*args, "--overwrite"], input=harbor29.password + "\n")
+    assert r.exit_code == 0 and f"moved {project}/team-app:v1" in r.stderr, r.stderr
+    assert (
+        check(
+            catalog,
+            harbor29.url,
+            harbor29.username,
+            harbor29.password,
+            names=_names(catalog, maps, "library"),
+        )
+        == []
+    )
+
+
+def test_convert_schema1_on_harbor(harbor29: RealHarbor, bundle: Path, catalog: Catalog) -> None:
+    project = harbor29.project()
+    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    r = _push(harbor29, bundle, maps=maps, convert_schema1=True)
+    assert not r.failed
+    converted = [i for i in r.images if i.pushed_digest]
+    assert converted and all(i.pushed_digest != i.digest for i in converted)
+    problems = check(
+        catalog,
+        harbor29.url,
+        harbor29.username,
+        harbor29.password,
+        names=_names(catalog, maps, "library"),
+        convert_schema1=True,
+    )
+    assert problems == []
