@@ -2,8 +2,11 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
-# Debian packages the tests drive for real: the registry, skopeo, redis, htpasswd
-SYSTEM_TOOLS := docker-registry:docker-registry skopeo:skopeo redis-server:redis-server htpasswd:apache2-utils
+# Debian packages the tests drive for real: the registry, skopeo, redis, htpasswd, and what the real Harbor
+# builds in ../shared/harbor need beside them (PostgreSQL, openssl, curl, xz); setpriv (util-linux) drops
+# root's file-access override for the unreadable-source tests
+SYSTEM_TOOLS := docker-registry:docker-registry skopeo:skopeo redis-server:redis-server htpasswd:apache2-utils \
+	openssl:openssl curl:curl xz:xz-utils setpriv:util-linux
 
 .PHONY: demo test lint bench venv system-deps clean
 
@@ -21,6 +24,7 @@ system-deps:
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
+	ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,15 +36,23 @@ def zoo_copy(zoo: Zoo, tmp_path: Path) -> Path:
 
 
 def _real_harbor(version: str, factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
+    # not below pytest's temp root (mode 0700): Harbor's PostgreSQL runs as the postgres user
+    work = Path(tempfile.mkdtemp(prefix=f"ferry-harbor-{version}-"))
+    work.chmod(0o755)
+    failure = None
     try:
-        harbor = start_harbor(version, factory.mktemp(f"harbor-{version}"))
+        harbor = start_harbor(version, work / "work")
     except HarborUnavailable as e:
+        failure = str(e)
+    if failure is not None:
+        shutil.rmtree(work, ignore_errors=True)
         # never skipped: a Harbor that cannot start here is a failure of the tests that need it, with why
-        pytest.fail(str(e), pytrace=False)
+        pytest.fail(failure, pytrace=False)
     try:
         yield harbor
     finally:
         harbor.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
