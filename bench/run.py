@@ -243,6 +243,18 @@ def main() -> None:
                 file=sys.stderr,
             )
             results[label] = push.run(tree, OUT / f"{label}-work")
+    if not only or "harbor" in only.split(","):
+        from bench import push
+
+        small = OUT / "push-200-tree"
+        if not (small / ".facts.json").exists():
+            rm(small)
+            subprocess.run([sys.executable, "-m", "bench.trees", "push-200", str(small)], check=True)
+        print(
+            "benchmarking harbor-200 (seed scheme, floor, ferry; each into a fresh real Harbor 2.9.5) ...",
+            file=sys.stderr,
+        )
+        results["harbor-200"] = push.run_harbor(small, OUT / "harbor-200-work")
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     report(results)
 
@@ -254,7 +266,7 @@ def report(results: dict[str, object]) -> None:
         f"{'verify':>8} {'openssl':>8} {'speedup':>8} {'restore':>8} {'tar-x+chown':>12} {'ratio':>6}"
     )
     for name, r in results.items():
-        if name == "machine" or name.startswith("push-"):
+        if name == "machine" or name.startswith(("push-", "harbor-")):
             continue
         assert isinstance(r, dict)
         print(
@@ -270,6 +282,19 @@ def report(results: dict[str, object]) -> None:
         )
         if name == "tags-5000":
             goals.append((f"{name}: export peak memory < 200 MiB", r["export_peak_MiB"] < 200))
+    for name, r in results.items():
+        if name != "harbor-200":
+            continue
+        assert isinstance(r, dict)
+        print(
+            f"\n{name}: {r['images']} images into real Harbor — seed scheme {r['seed_s']}s, floor {r['floor_s']}s, "
+            f"ferry export {r['ferry_export_s']}s + push {r['ferry_push_s']}s; ferry/seed {r['ferry_vs_seed']}, "
+            f"push/floor {r['push_vs_floor']} (end to end/floor {r['ferry_vs_floor_end_to_end']})"
+        )
+        goals.append(
+            (f"{name}: ferry export + push at most 0.35x the seed scheme", r["ferry_vs_seed"] <= 0.35)
+        )
+        goals.append((f"{name}: ferry push within 1.15x of the floor client", r["push_vs_floor"] <= 1.15))
     for name, r in results.items():
         if not name.startswith("push-"):
             continue

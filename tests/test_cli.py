@@ -125,3 +125,20 @@ def test_registry_urls_as_operators_write_them() -> None:
     assert parse_url("harbor.example.com:8443/") == "https://harbor.example.com:8443"
     assert parse_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert parse_url("http://[::1]:5000") == "http://[::1]:5000"
+
+
+def test_text_from_data_is_printed_literally(capsys: pytest.CaptureFixture[str]) -> None:
+    """Names, tags and registry messages are data: no emoji codes (`:link:` was printed as 🔗), no console
+    markup, control characters written out."""
+    from ferry import render
+    from shared.errors import RegistryError
+
+    render._console.cache_clear()
+    render.render_error(
+        RegistryError("library/alpine:link: put manifest [bold]x[/bold] tag v1\nnext", hint="see :warning:"),
+        as_json=False,
+    )
+    err = capsys.readouterr().err
+    assert "library/alpine:link: put manifest [bold]x[/bold] tag v1\\x0anext" in err
+    assert "see :warning:" in err and "🔗" not in err and "⚠" not in err
+    render._console.cache_clear()
