@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from ferry.localregistry import Registry
+from importer.registry.client import NoCookies
 
 JOBS = 8
 
@@ -260,6 +261,8 @@ def _floor_harbor(v2: Path, h: _Harbor) -> float:
                 repos.append(repo)
     limits = httpx.Limits(max_connections=JOBS * 2)
     with httpx.Client(base_url=h.url, auth=(h.user, h.password), limits=limits, timeout=300) as c:
+        # Harbor answers with a session cookie; a client that sends it back is held to CSRF checks
+        c.cookies.jar.set_policy(NoCookies())
 
         def blob(item: tuple[str, list[str]]) -> None:
             d, repos = item
