@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from shared.bundle.source import open_source
 from shared.errors import RegistryError
-from shared.manifest import MANIFEST_TYPES, SCHEMA1_TYPES
+from shared.manifest import SCHEMA1_TYPES
 from shared.model import Catalog
 from shared.progress import ProgressCallback, no_progress
 from shared.transfer import copy
 
 from .names import map_names
 from .registry.client import ClientConfig, Credentials, RegistryClient, with_retries
-from .registry.sink import RegistrySink
+from .registry.sink import MANIFEST_ACCEPT, RegistrySink
 
 if TYPE_CHECKING:
     import httpx
@@ -385,11 +385,7 @@ def _plan(
         return target.split("/", 1)[0] in new_projects
 
     def head(path: str, what: str, headers: dict[str, str] | None = None) -> httpx.Response:
-        return with_retries(
-            lambda: client.request("HEAD", client.url(path), expect=(200, 404), what=what, headers=headers),
-            attempts=retries,
-            what=what,
-        )
+        return client.head(path, what=what, attempts=retries, headers=headers)
 
     first: dict[str, str] = {}
     for repo in catalog.repositories:
@@ -405,12 +401,11 @@ def _plan(
     create: list[str] = []
     move: list[dict[str, str]] = []
     right: list[str] = []
-    accept = {"Accept": ", ".join(sorted(MANIFEST_TYPES))}
     for repo in catalog.repositories:
         target = names[repo.name]
         for tag, d in sorted(repo.tags.items()):
             ref = f"{target}:{tag}"
-            r = None if empty(target) else head(f"/v2/{target}/manifests/{tag}", "check tag", accept)
+            r = None if empty(target) else head(f"/v2/{target}/manifests/{tag}", "check tag", MANIFEST_ACCEPT)
             current = (
                 r.headers.get("Docker-Content-Digest") if r is not None and r.status_code == 200 else None
             )

@@ -244,6 +244,24 @@ class RegistryClient:
             raise error_from(r, what)
         return r
 
+    def head(
+        self,
+        path: str,
+        *,
+        what: str,
+        attempts: int,
+        backoff: float = 0.5,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """``HEAD path`` (200 or 404 expected), retried on retryable errors: the one way every part of
+        ferry asks a registry whether it has a blob or a manifest."""
+        return with_retries(
+            lambda: self.request("HEAD", self.url(path), expect=(200, 404), what=what, headers=headers),
+            attempts=attempts,
+            backoff=backoff,
+            what=what,
+        )
+
     def repositories(self) -> set[str] | None:
         """Every repository the registry lists (``GET /v2/_catalog``, following ``Link: rel="next"``), or
         None when it will not say: Harbor lists it to system administrators only, and a registry may

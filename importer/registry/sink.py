@@ -48,6 +48,9 @@ from .client import RegistryClient, with_retries
 
 log = logging.getLogger(__name__)
 
+#: what a manifest HEAD or GET accepts: every kind a bundle can hold
+MANIFEST_ACCEPT = {"Accept": ", ".join(sorted(MANIFEST_TYPES))}
+
 SCHEMA1_REASON = (
     "schema 1 manifest: the bundle holds it as stored (unsigned) and registries only accept it signed; "
     "skipped (push again with --convert-schema1 to send it as schema 2 under a new digest)"
@@ -438,17 +441,11 @@ class RegistrySink:
                 self.stats.blobs_mounted += 1
 
     def _has_blob(self, repo: str, digest: str) -> bool:
-        c = self.client
-        r = with_retries(
-            lambda: c.request(
-                "HEAD",
-                c.url(f"/v2/{repo}/blobs/{digest}"),
-                expect=(200, 404),
-                what=f"check {digest} in {repo}",
-            ),
+        r = self.client.head(
+            f"/v2/{repo}/blobs/{digest}",
+            what=f"check {digest} in {repo}",
             attempts=self.retries,
             backoff=self.backoff,
-            what="HEAD blob",
         )
         return r.status_code == 200
 
@@ -630,19 +627,13 @@ class RegistrySink:
 
     def _tag_digest(self, repo: str, ref: str) -> str | None:
         """The digest the target serves for ``ref`` (a tag or a digest), or None when it has none."""
-        c = self.client
         try:
-            r = with_retries(
-                lambda: c.request(
-                    "HEAD",
-                    c.url(f"/v2/{repo}/manifests/{ref}"),
-                    expect=(200, 404),
-                    what=f"check {repo}:{ref}",
-                    headers={"Accept": ", ".join(sorted(MANIFEST_TYPES))},
-                ),
+            r = self.client.head(
+                f"/v2/{repo}/manifests/{ref}",
+                what=f"check {repo}:{ref}",
                 attempts=self.retries,
                 backoff=self.backoff,
-                what="HEAD manifest",
+                headers=MANIFEST_ACCEPT,
             )
         except RegistryError:
             return None  # cannot tell: the PUT that follows says what is wrong
@@ -701,4 +692,4 @@ def _describe(e: Exception, repo: str) -> str:
     return f"{repo}: {e}"
 
 
-__all__ = ["SCHEMA1_REASON", "PushStats", "RegistrySink"]
+__all__ = ["MANIFEST_ACCEPT", "SCHEMA1_REASON", "PushStats", "RegistrySink", "referred_to"]

@@ -54,6 +54,22 @@ def _push(harbor: RealHarbor, bundle: Path, creds: tuple[str, str] | None = None
     return push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=Credentials(user, pw), **kw))  # type: ignore[arg-type]
 
 
+def _move_tag(harbor: RealHarbor, repo: str, src: str, dst: str) -> None:
+    """Someone moves a tag on the target (skopeo, through Harbor)."""
+    login = f"{harbor.username}:{harbor.password}"
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-creds",
+        login,
+        "--dest-creds",
+        login,
+        f"docker://{harbor.host}/{repo}:{src}",
+        f"docker://{harbor.host}/{repo}:{dst}",
+    )
+
+
 def _names(catalog: Catalog, maps: tuple[tuple[str, str], ...], default: str) -> dict[str, str]:
     return map_names([r.name for r in catalog.repositories], harbor=True, default_project=default, maps=maps)
 
@@ -227,20 +243,9 @@ def test_immutable_tags_same_digest_is_done_other_digest_is_named(
     again = _push(harbor29, bundle, maps=maps)
     assert not again.failed  # every tag at the bundle's digest already: done, nothing PUT
     # a tag moved on the target, then protected: kept and reported by default; --overwrite meets the rule
-    login = f"{harbor29.username}:{harbor29.password}"
     app_v1 = f"{project}/team-app:v1"
     status, _, _ = harbor29.api("DELETE", f"/projects/{project}/immutabletagrules/1")
-    skopeo(
-        "copy",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        "--src-creds",
-        login,
-        "--dest-creds",
-        login,
-        f"docker://{harbor29.host}/{project}/team-app:v2",
-        f"docker://{harbor29.host}/{app_v1}",
-    )
+    _move_tag(harbor29, f"{project}/team-app", "v2", "v1")
     harbor29.immutable(project, "v1")
     kept = _push(harbor29, bundle, maps=maps)
     assert [i.ref for i in kept.failed] == [app_v1] and kept.failed[0].status == "conflict"
@@ -255,18 +260,7 @@ def test_tags_already_on_the_target_are_kept_unless_overwrite(
     project = harbor29.project()
     maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
     assert not _push(harbor29, bundle, maps=maps).failed
-    login = f"{harbor29.username}:{harbor29.password}"
-    skopeo(
-        "copy",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        "--src-creds",
-        login,
-        "--dest-creds",
-        login,
-        f"docker://{harbor29.host}/{project}/team-app:v2",
-        f"docker://{harbor29.host}/{project}/team-app:v1",
-    )
+    _move_tag(harbor29, f"{project}/team-app", "v2", "v1")
     v1 = catalog.repositories[[r.name for r in catalog.repositories].index("team/app")].tags["v1"]
     args = [
         "push",

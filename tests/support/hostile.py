@@ -115,13 +115,16 @@ def write(
     return out
 
 
-def nil_bomb(count: int) -> bytes:
-    """A zstd frame of a msgpack array of ``count`` nils: a few KB that decode to ``count`` objects."""
-    header = b"\xdd" + count.to_bytes(4, "big")
+def _frame(head: bytes, byte: bytes, count: int, *, declare: bool) -> bytes:
+    """One zstd frame of ``head`` and ``count`` times ``byte``, compressed as a stream (never in memory
+    whole); ``declare`` writes the content size into the frame header."""
     buf = io.BytesIO()
-    with zstandard.ZstdCompressor(level=1).stream_writer(buf, closefd=False) as w:
-        w.write(header)
-        chunk = b"\xc0" * (1 << 20)
+    size = len(head) + count if declare else -1
+    with zstandard.ZstdCompressor(level=1, write_content_size=declare).stream_writer(
+        buf, size=size, closefd=False
+    ) as w:
+        w.write(head)
+        chunk = byte * (1 << 20)
         left = count
         while left:
             n = min(left, len(chunk))
@@ -130,19 +133,14 @@ def nil_bomb(count: int) -> bytes:
     return buf.getvalue()
 
 
+def nil_bomb(count: int) -> bytes:
+    """A zstd frame of a msgpack array of ``count`` nils: a few KB that decode to ``count`` objects."""
+    return _frame(b"\xdd" + count.to_bytes(4, "big"), b"\xc0", count, declare=False)
+
+
 def zero_frame(size: int) -> bytes:
     """One zstd frame that declares (and holds) ``size`` zero bytes."""
-    buf = io.BytesIO()
-    with zstandard.ZstdCompressor(level=1, write_content_size=True).stream_writer(
-        buf, size=size, closefd=False
-    ) as w:
-        chunk = b"\0" * (1 << 20)
-        left = size
-        while left:
-            n = min(left, len(chunk))
-            w.write(chunk[:n])
-            left -= n
-    return buf.getvalue()
+    return _frame(b"", b"\0", size, declare=True)
 
 
 __all__ = ["Entry", "Parts", "encode_index", "load", "nil_bomb", "write", "zero_frame"]

@@ -49,7 +49,22 @@ def build_zoo(workdir: Path) -> Zoo:
     arm = lay.image([base, make_layer(5)], arch="arm64", label="multi")
     idx = lay.index([amd, arm])
     lay.name(idx, "multi")
-    chart = lay.image([make_layer(6)], config_type="application/vnd.cncf.helm.config.v1+json", label="chart")
+    # a Helm chart as `helm push` writes it: the chart's metadata as the config, the packaged chart as the layer
+    chart = lay.image(
+        [make_layer(6)],
+        config_type="application/vnd.cncf.helm.config.v1+json",
+        config=json.dumps(
+            {
+                "apiVersion": "v2",
+                "name": "c",
+                "version": "1.0",
+                "description": "ferry test chart",
+                "type": "application",
+            }
+        ).encode(),
+        layer_type="application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+        label="chart",
+    )
     lay.name(chart, "chart")
     foreign = lay.image([make_layer(7)], extra_layers=[FOREIGN_OCI], label="foreign")
     lay.name(foreign, "foreign")
