@@ -327,9 +327,22 @@ def check_members(
         "blobs/" + d.replace(":", "/", 1): (blobs[d].size if d in blobs else manifests[d].size) for d in order
     }
     expected = [INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER, *sizes]
+    body = [m for m in members if m.name != TRAILER_MEMBER]
+    # the intact bundle, checked in a few passes at C speed; anything else is gone through below to name it
+    if (
+        [m.name for m in body] == expected
+        and members
+        and members[-1].name == TRAILER_MEMBER
+        and len(body) == len(members) - 1
+        and all(m.size == size for m, size in zip(body[3:], sizes.values(), strict=True))
+        and (
+            trailer is None
+            or [(n, size) for n, size, _ in trailer.members] == [(m.name, m.size) for m in body]
+        )
+    ):
+        return out
     expected_set = set(expected)
     first: dict[str, Member] = {}
-    body = [m for m in members if m.name != TRAILER_MEMBER]
     trailers = [m for m in members if m.name == TRAILER_MEMBER]
     for m in body:
         if m.name in first:
