@@ -5,11 +5,12 @@ Every test makes its own projects (through ``--map``), so one Harbor per version
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from bundler.export import ExportOptions
 from bundler.export import run as export
@@ -52,6 +53,24 @@ def _maps(catalog: Catalog, prefix: str) -> tuple[tuple[str, str], ...]:
 def _push(harbor: RealHarbor, bundle: Path, creds: tuple[str, str] | None = None, **kw: object) -> PushResult:
     user, pw = creds or (harbor.username, harbor.password)
     return push(PushOptions(bundle=str(bundle), registry=harbor.url, credentials=Credentials(user, pw), **kw))  # type: ignore[arg-type]
+
+
+def _into(catalog: Catalog, project: str) -> tuple[tuple[str, str], ...]:
+    """Every repository of the bundle into one project (``team/app`` → ``PROJECT/team-app``)."""
+    return tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+
+
+def _cli_push(harbor: RealHarbor, bundle: Path, user: str, password: str, *args: str) -> Result:
+    """``ferry push`` through the command line, the password on stdin."""
+    return runner.invoke(
+        app,
+        ["push", str(bundle), "--registry", harbor.url, "-u", user, "--password-stdin", *args],
+        input=password + "\n",
+    )
+
+
+def _map_args(maps: tuple[tuple[str, str], ...]) -> list[str]:
+    return [f"--map={a}={b}" for a, b in maps]
 
 
 def _move_tag(harbor: RealHarbor, repo: str, src: str, dst: str) -> None:
@@ -113,27 +132,18 @@ def test_dry_run_names_projects_to_create_and_treats_them_as_empty(
     harbor29: RealHarbor, bundle: Path, catalog: Catalog
 ) -> None:
     prefix = f"d{uuid.uuid4().hex[:6]}"
-    r = runner.invoke(
-        app,
-        [
-            "push",
-            str(bundle),
-            "--registry",
-            harbor29.url,
-            "-u",
-            harbor29.username,
-            "--password-stdin",
-            "--dry-run",
-            "--json",
-            "--default-project",
-            f"{prefix}-lib",
-            *(f"--map={a}={b}" for a, b in _maps(catalog, prefix)),
-        ],
-        input=harbor29.password + "\n",
+    r = _cli_push(
+        harbor29,
+        bundle,
+        harbor29.username,
+        harbor29.password,
+        "--dry-run",
+        "--json",
+        "--default-project",
+        f"{prefix}-lib",
+        *_map_args(_maps(catalog, prefix)),
     )
     assert r.exit_code == 0, r.stderr
-    import json
-
     doc = json.loads(r.stdout)
     assert f"{prefix}-team" in doc["plan"]["projectsToCreate"]
     assert doc["plan"]["tagsToCreate"] and not doc["plan"]["tagsToMove"] and not doc["plan"]["tagsRight"]
@@ -145,21 +155,8 @@ def test_dry_run_names_projects_to_create_and_treats_them_as_empty(
 def test_a_non_member_is_told_once_per_project(harbor29: RealHarbor, bundle: Path, catalog: Catalog) -> None:
     project = harbor29.project()
     user, pw = harbor29.user()
-    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
-    r = runner.invoke(
-        app,
-        [
-            "push",
-            str(bundle),
-            "--registry",
-            harbor29.url,
-            "-u",
-            user,
-            "--password-stdin",
-            *(f"--map={a}={b}" for a, b in maps),
-        ],
-        input=pw + "\n",
-    )
+    maps = _into(catalog, project)
+    r = _cli_push(harbor29, bundle, user, pw, *_map_args(maps))
     assert r.exit_code == 1, r.stderr
     lines = r.stderr.splitlines()
     refused = [line for line in lines if line.startswith("refused")]
@@ -174,7 +171,7 @@ def test_a_member_pushes_into_its_project_but_may_not_create_projects(
     project = harbor29.project()
     user, pw = harbor29.user()
     harbor29.member(project, user, MAINTAINER)
-    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    maps = _into(catalog, project)
     r = _push(harbor29, bundle, (user, pw), maps=maps)
     assert not r.failed and not r.projects_created
     assert check(catalog, harbor29.url, user, pw, names=_names(catalog, maps, "library")) == []
@@ -195,7 +192,7 @@ def test_a_member_pushes_into_its_project_but_may_not_create_projects(
 
 def test_robot_accounts(harbor29: RealHarbor, bundle: Path, catalog: Catalog) -> None:
     project = harbor29.project()
-    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    maps = _into(catalog, project)
     robot = harbor29.robot(project=project)
     assert not _push(harbor29, bundle, robot, maps=maps).failed
     # a project robot cannot create projects
@@ -205,7 +202,7 @@ def test_robot_accounts(harbor29: RealHarbor, bundle: Path, catalog: Catalog) ->
         )
     # a system robot pushes where it has push
     other = harbor29.project()
-    maps = tuple((r.name, f"{other}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    maps = _into(catalog, other)
     assert not _push(harbor29, bundle, harbor29.robot(system_on=(other,)), maps=maps).failed
     # given the right to create projects too, Harbor 2.9.5 gives such a robot no repository action at all
     # (seen in its tokens): it creates the project, then every push there is refused, said once
@@ -215,7 +212,7 @@ def test_robot_accounts(harbor29: RealHarbor, bundle: Path, catalog: Catalog) ->
         harbor29,
         bundle,
         creator,
-        maps=tuple((x.name, f"{fresh}/{x.name.replace('/', '-')}") for x in catalog.repositories),
+        maps=_into(catalog, fresh),
     )
     assert r.projects_created == (fresh,) and list(r.refused) == [fresh]
     assert r.failed and all(i.ref.startswith(f"{fresh}/") for i in r.failed)
@@ -225,7 +222,7 @@ def test_a_storage_quota_is_named_per_repository(
     harbor29: RealHarbor, bundle: Path, catalog: Catalog
 ) -> None:
     project = harbor29.project(storage_limit=20_000)  # a few layers fit, not all
-    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    maps = _into(catalog, project)
     r = _push(harbor29, bundle, maps=maps, retries=1)
     assert r.failed
     for i in r.failed:
@@ -237,7 +234,7 @@ def test_immutable_tags_same_digest_is_done_other_digest_is_named(
     harbor29: RealHarbor, bundle: Path, catalog: Catalog
 ) -> None:
     project = harbor29.project()
-    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    maps = _into(catalog, project)
     assert not _push(harbor29, bundle, maps=maps).failed
     harbor29.immutable(project, "**")
     again = _push(harbor29, bundle, maps=maps)
@@ -258,27 +255,18 @@ def test_tags_already_on_the_target_are_kept_unless_overwrite(
     harbor29: RealHarbor, bundle: Path, catalog: Catalog
 ) -> None:
     project = harbor29.project()
-    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    maps = _into(catalog, project)
     assert not _push(harbor29, bundle, maps=maps).failed
     _move_tag(harbor29, f"{project}/team-app", "v2", "v1")
     v1 = catalog.repositories[[r.name for r in catalog.repositories].index("team/app")].tags["v1"]
-    args = [
-        "push",
-        str(bundle),
-        "--registry",
-        harbor29.url,
-        "-u",
-        harbor29.username,
-        "--password-stdin",
-        *(f"--map={a}={b}" for a, b in maps),
-    ]
-    plan = runner.invoke(app, [*args, "--dry-run"], input=harbor29.password + "\n")
+    admin = (harbor29.username, harbor29.password)
+    plan = _cli_push(harbor29, bundle, *admin, *_map_args(maps), "--dry-run")
     assert (
         plan.exit_code == 0 and f"{project}/team-app:v1" in plan.stdout and "would be kept" in plan.stdout
     ), plan.stdout
-    r = runner.invoke(app, args, input=harbor29.password + "\n")
+    r = _cli_push(harbor29, bundle, *admin, *_map_args(maps))
     assert r.exit_code == 1 and f"conflict {project}/team-app:v1" in r.stderr and v1 in r.stderr, r.stderr
-    r = runner.invoke(app, [*args, "--overwrite"], input=harbor29.password + "\n")
+    r = _cli_push(harbor29, bundle, *admin, *_map_args(maps), "--overwrite")
     assert r.exit_code == 0 and f"moved {project}/team-app:v1" in r.stderr, r.stderr
     assert (
         check(
@@ -294,7 +282,7 @@ def test_tags_already_on_the_target_are_kept_unless_overwrite(
 
 def test_convert_schema1_on_harbor(harbor29: RealHarbor, bundle: Path, catalog: Catalog) -> None:
     project = harbor29.project()
-    maps = tuple((r.name, f"{project}/{r.name.replace('/', '-')}") for r in catalog.repositories)
+    maps = _into(catalog, project)
     r = _push(harbor29, bundle, maps=maps, convert_schema1=True)
     assert not r.failed
     converted = [i for i in r.images if i.pushed_digest]
