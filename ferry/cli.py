@@ -24,6 +24,7 @@ from shared.errors import FerryError, UsageError
 
 if TYPE_CHECKING:
     from bundler.export import ExportResult
+    from importer.diff import DiffResult
     from importer.inspect import InspectResult
     from importer.push import PushResult
     from importer.restore import RestoreResult
@@ -716,6 +717,107 @@ def push(
 
     result = _execute(go, as_json=as_json, quiet=quiet, show=show)
     if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def diff(
+    bundle: BundleArg,
+    registry: Annotated[
+        str | None, typer.Option("--registry", help="Compare with this registry (as push would fill it).")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Compare with this storage root (as restore would fill it).")
+    ] = None,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep", help="With --root: check every blob's data by sha256 (else presence and size)."
+        ),
+    ] = False,
+    username: Annotated[str | None, typer.Option("--username", "-u", help="Registry user.")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    ca_cert: Annotated[
+        Path | None, typer.Option("--ca-cert", help="CA certificate bundle for the registry's TLS.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Do not verify the registry's TLS certificate.")
+    ] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Requests in flight at once.")] = 16,
+    retries: Annotated[
+        int, typer.Option("--retries", min=1, help="Attempts per request on retryable errors.")
+    ] = 5,
+    harbor: Annotated[
+        bool | None,
+        typer.Option("--harbor/--no-harbor", help="Treat the target as Harbor 2.x (default: detect)."),
+    ] = None,
+    default_project: Annotated[
+        str, typer.Option("--default-project", help="Harbor project for one-level names, as push uses.")
+    ] = "library",
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="Rename a repository prefix: OLD=NEW, as push.")
+    ] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare a bundle with a live registry or a storage tree: every tag ok, missing or different.
+
+    HEAD requests only (no blob is downloaded); on a storage tree, its link files and blob data. Exits 0
+    when the target holds everything the bundle holds, 1 otherwise: the check after an import.
+    """
+
+    def go() -> DiffResult:
+        from importer.diff import DiffOptions
+        from importer.diff import run as run_diff
+        from importer.push import credentials_from
+        from importer.registry.client import parse_url, ssl_context
+
+        if password_stdin and not username:
+            raise UsageError("--password-stdin needs --username (-u)")
+        url = parse_url(registry) if registry is not None else None
+        ssl_context(str(ca_cert) if ca_cert else None, insecure)
+        password = _password(password_stdin, False, "FERRY_REGISTRY_PASSWORD") if username else None
+        return run_diff(
+            DiffOptions(
+                bundle=bundle,
+                registry=url,
+                root=root,
+                credentials=credentials_from(registry, username, password) if registry else None,
+                ca_cert=str(ca_cert) if ca_cert else None,
+                insecure=insecure,
+                retries=retries,
+                jobs=jobs,
+                harbor=harbor,
+                default_project=default_project,
+                maps=parse_map(map_),
+                deep=deep,
+            )
+        )
+
+    def show(r: DiffResult) -> None:
+        for e in r.entries:
+            if e.status != "ok":
+                detail = f" (target {e.target}, bundle {e.bundle})" if e.status == "different" else ""
+                render.out.print(f"[red]{e.status}[/] {render.safe(e.ref)}{detail}", soft_wrap=True)
+        for repo, digest, problem in r.blobs:
+            render.out.print(
+                f"[red]blob[/] {render.safe(repo)} {digest}: {render.safe(problem)}", soft_wrap=True
+            )
+        t = r.counts("tag")
+        render.out.print(
+            f"[{'green' if r.ok else 'red'}]{'ok' if r.ok else 'differs'}[/] {render.safe(r.target)}: "
+            f"tags {t['ok']} ok, {t['missing']} missing, {t['different']} different; "
+            f"{sum(r.counts('untagged').values())} untagged and {sum(r.counts('child').values())} index children "
+            f"checked; {r.checked_blobs} blobs checked, {len(r.blobs)} with a problem"
+            + (f"; {len(r.skipped)} schema 1 tags not compared (push skips them)" if r.skipped else "")
+            + f" in {r.seconds:.1f}s",
+            soft_wrap=True,
+        )
+
+    result = _execute(go, as_json=as_json, quiet=quiet, show=show)
+    if not result.ok:
         raise typer.Exit(1)
 
 

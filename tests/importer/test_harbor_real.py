@@ -15,6 +15,8 @@ from typer.testing import CliRunner, Result
 from bundler.export import ExportOptions
 from bundler.export import run as export
 from ferry.cli import app
+from importer.diff import DiffOptions
+from importer.diff import run as diff
 from importer.names import map_names
 from importer.push import PushOptions, PushResult
 from importer.push import run as push
@@ -105,6 +107,17 @@ def test_admin_push_lands_everything_as_harbor_describes_it(
     assert r.harbor and r.harbor.startswith({"harbor29": "v2.9.", "harbor27": "v2.7."}[version])
     names = _names(catalog, maps, default)
     assert check(catalog, harbor.url, harbor.username, harbor.password, names=names) == []
+    # ferry diff, under the same name mapping, agrees: Harbor holds everything the bundle holds
+    d = diff(
+        DiffOptions(
+            bundle=bundle,
+            registry=harbor.url,
+            credentials=Credentials(harbor.username, harbor.password),
+            maps=maps,
+            default_project=default,
+        )
+    )
+    assert d.ok, d.to_dict()
     # projects are created only for what is pushed: `old` holds only a schema 1 image (skipped by
     # default), so its project is not created
     created = set(r.projects_created)
