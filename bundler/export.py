@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def _write(
             "skip_broken": opts.skip_broken,
         },
         volume_size=opts.volume_size,
+        bundle_id=uuid.uuid4().hex,
     )
     out = BundleOutput(opts.output, opts.volume_size)
     sink = BundleSink(out, info, mtime=int(time.time()))

@@ -289,7 +289,9 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
         d: dict[str, Any] = r.to_dict()
         src = d["source"]
         render.out.print(
-            f"[bold]{render.safe(r.path)}[/]  format {d['formatVersion']}, ferry {d['ferryVersion']}, created {d['created']}\n"
+            f"[bold]{render.safe(r.path)}[/]  format {d['formatVersion']}, ferry {d['ferryVersion']}, created {d['created']}"
+            + (f", bundle id {d['bundleId']}" if d["bundleId"] else "")
+            + "\n"
             f"source: {render.safe(src.get('path'))} ({render.safe(src.get('kind'))}) on {render.safe(src.get('host'))}\n"
             f"{len(d['repositories'])} repositories, {len(d['images'])} images, {d['manifests']} manifests, "
             f"{d['blobs']} blobs, {render.human(d['bytes'])} of content, bundle {render.human(d['bundleBytes'])}",

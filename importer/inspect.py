@@ -23,6 +23,7 @@ class InspectResult:
         return {
             "path": self.path,
             "formatVersion": ".".join(map(str, self.info.version)),
+            "bundleId": self.info.bundle_id,
             "ferryVersion": self.info.ferry_version,
             "created": self.info.created,
             "source": self.info.source,

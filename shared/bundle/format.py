@@ -1,4 +1,4 @@
-"""The ferry bundle format, version 1.1 (specs/bundle-format.md is the normative text).
+"""The ferry bundle format, version 1.2 (specs/bundle-format.md is the normative text).
 
 A bundle is a plain, uncompressed POSIX tar:
 
@@ -30,7 +30,7 @@ from ..storage.paths import repository_problem, tag_problem
 
 FORMAT = "ferry-bundle"
 TRAILER_FORMAT = "ferry-bundle-trailer"
-VERSION = (1, 1)
+VERSION = (1, 2)
 INDEX_MEMBER = "ferry/index.msgpack.zst"
 TRAILER_MEMBER = "ferry/trailer.msgpack"
 OCI_LAYOUT_MEMBER = "oci-layout"
@@ -66,6 +66,8 @@ class BundleInfo:
     options: dict[str, Any]
     volume_size: int | None
     version: tuple[int, int] = VERSION
+    #: unique per bundle, given at export (1.2; None in older bundles): later waves name their bases by it
+    bundle_id: str | None = None
 
 
 def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = None) -> bytes:
@@ -77,6 +79,7 @@ def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = N
         "source": info.source,
         "options": info.options,
         "volume_size": info.volume_size,
+        **({"bundle_id": info.bundle_id} if info.bundle_id is not None else {}),
         "repositories": [
             {
                 "name": r.name,
@@ -260,6 +263,7 @@ def decode_index(data: bytes, *, bundle_size: int | None = None) -> tuple[Catalo
             _map(doc.get("options") or {}, "options"),
             volume_size,
             (doc["version"][0], doc["version"][1]),
+            _opt_str(doc.get("bundle_id"), "bundle_id"),
         )
         order = list(_strs(doc["order"], "order"))
     except KeyError as e:

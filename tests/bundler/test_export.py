@@ -361,3 +361,16 @@ def test_json_summary_from_the_cli(zoo: Zoo, tmp_path: Path) -> None:
     doc = json.loads(p.stdout)
     assert doc["repositories"] == 1 and doc["tags"] == 1 and doc["manifests"] == 3
     assert doc["files"] == [str(tmp_path / "j.tar")]
+
+
+def test_every_bundle_gets_its_own_id(zoo: Zoo, tmp_path: Path) -> None:
+    """Format 1.2: a unique bundle id at export, which later waves name their bases by; inspect shows it."""
+    from importer.inspect import run as inspect
+
+    ids = []
+    for name in ("a.tar", "b.tar"):
+        run(ExportOptions(root=zoo.root, output=tmp_path / name))
+        d = inspect(tmp_path / name).to_dict()
+        assert d["formatVersion"] == "1.2"
+        ids.append(d["bundleId"])
+    assert all(isinstance(i, str) and len(i) == 32 and int(i, 16) >= 0 for i in ids) and ids[0] != ids[1]
