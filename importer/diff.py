@@ -105,8 +105,8 @@ class DiffResult:
         }
 
 
-#: (target repository, reference) -> the digest the target holds for it, or None
-Lookup = Callable[[str, str], "str | None"]
+#: [(target repository, reference)] -> the digest the target holds for each, or None
+Lookup = Callable[[list[tuple[str, str]]], list["str | None"]]
 
 
 def run(opts: DiffOptions) -> DiffResult:
@@ -127,15 +127,10 @@ def run(opts: DiffOptions) -> DiffResult:
 
 
 def _compare(
-    catalog: Catalog,
-    names: dict[str, str],
-    manifest_at: Lookup,
-    pool: ThreadPoolExecutor,
-    *,
-    skip_schema1: bool,
+    catalog: Catalog, names: dict[str, str], manifests_at: Lookup, *, skip_schema1: bool
 ) -> tuple[list[Entry], list[str]]:
-    """Every tag, untagged manifest and index child against ``manifest_at``, asked in parallel.  Schema 1
-    tags are left out where a push skips them (``skip_schema1``), and listed as skipped."""
+    """Every tag, untagged manifest and index child against ``manifests_at`` (asked all at once, in
+    parallel).  Schema 1 tags are left out where a push skips them (``skip_schema1``), and listed."""
     asks: list[tuple[str, str, str, str]] = []  # (kind, target repo, ref, bundle digest)
     skipped: list[str] = []
     for repo in catalog.repositories:
@@ -151,7 +146,7 @@ def _compare(
             for c in catalog.manifests[d].children:
                 asks.append(("child", target, c.digest, c.digest))
     unique = list(dict.fromkeys(asks))  # an index child listed by two indexes is asked once
-    answers = pool.map(lambda a: manifest_at(a[1], a[2]), unique)
+    answers = manifests_at([(a[1], a[2]) for a in unique])
     entries = []
     for (kind, target, ref, d), got in zip(unique, answers, strict=True):
         status = "ok" if got == d else "missing" if got is None else "different"
@@ -183,25 +178,19 @@ def _diff_registry(catalog: Catalog, opts: DiffOptions) -> DiffResult:
             maps=opts.maps,
         )
 
-        def manifest_at(repo: str, ref: str) -> str | None:
-            r = client.head(
-                f"/v2/{repo}/manifests/{ref}",
-                what=f"check {repo}:{ref}",
-                attempts=opts.retries,
-                headers=MANIFEST_ACCEPT,
-            )
-            got = r.headers.get("Docker-Content-Digest") if r.status_code == 200 else None
-            return str(got) if got else None
+        def manifests_at(refs: list[tuple[str, str]]) -> list[str | None]:
+            paths = [f"/v2/{repo}/manifests/{ref}" for repo, ref in refs]
+            got = client.head_many(paths, attempts=opts.retries, headers=MANIFEST_ACCEPT, jobs=opts.jobs)
+            return [d if status == 200 and d else None for status, d in got]
 
-        def blob_at(item: tuple[str, str]) -> str | None:
-            repo, d = item
-            r = client.head(f"/v2/{repo}/blobs/{d}", what=f"check {d} in {repo}", attempts=opts.retries)
-            return None if r.status_code == 200 else "missing"
-
-        with ThreadPoolExecutor(max(1, opts.jobs), thread_name_prefix="ferry-diff") as pool:
-            entries, skipped = _compare(catalog, names, manifest_at, pool, skip_schema1=True)
-            wanted = _blobs_wanted(catalog, names)
-            blobs = [(r, d, p) for (r, d), p in zip(wanted, pool.map(blob_at, wanted), strict=True) if p]
+        entries, skipped = _compare(catalog, names, manifests_at, skip_schema1=True)
+        wanted = _blobs_wanted(catalog, names)
+        answers = client.head_many(
+            [f"/v2/{repo}/blobs/{d}" for repo, d in wanted], attempts=opts.retries, jobs=opts.jobs
+        )
+        blobs = [
+            (r, d, "missing") for (r, d), (status, _) in zip(wanted, answers, strict=True) if status != 200
+        ]
     finally:
         client.close()
     return DiffResult(opts.registry, tuple(entries), tuple(blobs), tuple(skipped), checked_blobs=len(wanted))
@@ -272,7 +261,9 @@ def _diff_root(catalog: Catalog, opts: DiffOptions) -> DiffResult:
 
     # a storage tree serves every manifest the repository links, schema 1 included: nothing is skipped
     with ThreadPoolExecutor(max(1, opts.jobs), thread_name_prefix="ferry-diff") as pool:
-        entries, skipped = _compare(catalog, names, manifest_at, pool, skip_schema1=False)
+        entries, skipped = _compare(
+            catalog, names, lambda refs: list(pool.map(lambda x: manifest_at(*x), refs)), skip_schema1=False
+        )
         wanted = [(names[r.name], b) for r in catalog.repositories for b in catalog.repository_blobs(r)]
         blobs = [(r, d, p) for (r, d), p in zip(wanted, pool.map(blob_problem, wanted), strict=True) if p]
     return DiffResult(str(opts.root), tuple(entries), tuple(blobs), tuple(skipped), checked_blobs=len(wanted))

@@ -81,6 +81,15 @@ class RegistryAuth(httpx.Auth):
         assert self.credentials is not None
         return self.credentials.basic_header()
 
+    def header_for(self, repo: str) -> str | None:
+        """The Authorization value a request to ``repo`` carries now (a live token, or basic once the
+        registry asked for it), or None: what a lean request path sends without the auth flow."""
+        with self._lock:
+            token = self._tokens.get(repo)
+            if token is not None and token[1] > time.monotonic():
+                return f"Bearer {token[0]}"
+        return self._basic_header() if self._basic else None
+
     def _apply(self, request: httpx.Request, repo: str) -> None:
         with self._lock:
             token = self._tokens.get(repo)
@@ -261,6 +270,72 @@ class RegistryClient:
             backoff=backoff,
             what=what,
         )
+
+    def head_many(
+        self, paths: list[str], *, attempts: int, headers: dict[str, str] | None = None, jobs: int = 16
+    ) -> list[tuple[int, str | None]]:
+        """``HEAD`` each path (200 or 404 expected); returns, in order, (status, Docker-Content-Digest).
+
+        For tens of thousands of HEADs (``ferry diff``): httpx costs about 1 ms of Python per request under
+        one interpreter lock, a plain ``http.client`` connection per thread a fraction of it.  The first
+        request to each repository goes through :meth:`head` (the auth flow, a token for that repository);
+        the rest reuse its Authorization.  Anything but a plain 200 or 404 (401, a redirect, 5xx, a
+        dropped connection) is asked again through :meth:`head`, with its retries."""
+        import http.client
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = urllib.parse.urlsplit(self.base)
+        local = threading.local()
+        ctx = ssl_context(self.config.ca_cert, self.config.insecure)
+        seen: set[str] = set()
+        seen_lock = threading.Lock()
+
+        def conn() -> http.client.HTTPConnection:
+            c = getattr(local, "conn", None)
+            if c is None:
+                host = parts.hostname or ""
+                if parts.scheme != "https":
+                    c = http.client.HTTPConnection(host, parts.port, timeout=60)
+                elif isinstance(ctx, ssl.SSLContext):
+                    c = http.client.HTTPSConnection(host, parts.port, timeout=60, context=ctx)
+                elif ctx is False:  # --insecure
+                    c = http.client.HTTPSConnection(
+                        host, parts.port, timeout=60, context=ssl._create_unverified_context()
+                    )
+                else:
+                    c = http.client.HTTPSConnection(host, parts.port, timeout=60)
+                local.conn = c
+            return c
+
+        def slow(path: str) -> tuple[int, str | None]:
+            r = self.head(path, what=f"check {path}", attempts=attempts, headers=headers)
+            return r.status_code, r.headers.get("Docker-Content-Digest")
+
+        def one(path: str) -> tuple[int, str | None]:
+            m = _REPO_RE.match(path)
+            repo = m.group(1) if m else ""
+            with seen_lock:
+                first = repo not in seen
+                seen.add(repo)
+            if first:
+                return slow(path)  # takes the challenge: a token (or basic) for this repository
+            h = {"User-Agent": "ferry", **(headers or {})}
+            auth = self.auth.header_for(repo)
+            if auth is not None:
+                h["Authorization"] = auth
+            try:
+                c = conn()
+                c.request("HEAD", f"{parts.path.rstrip('/')}{path}", headers=h)
+                resp = c.getresponse()
+                resp.read()
+                if resp.status in (200, 404):
+                    return resp.status, resp.getheader("Docker-Content-Digest")
+            except (OSError, http.client.HTTPException):
+                local.conn = None
+            return slow(path)
+
+        with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="ferry-head") as pool:
+            return list(pool.map(one, paths))
 
     def repositories(self) -> set[str] | None:
         """Every repository the registry lists (``GET /v2/_catalog``, following ``Link: rel="next"``), or
