@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from importer.diff import DiffResult
     from importer.inspect import InspectResult
     from importer.push import PushResult
+    from importer.registry.client import Credentials
     from importer.restore import RestoreResult
     from importer.verify import VerifyResult
     from shared.storage.writer import Owner
@@ -51,6 +52,36 @@ _state = {"debug": False}
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=0, help="Hashing threads (0: one per core).")]
+# the registry options of every command that talks to one (push, diff): one declaration, one meaning
+UsernameOpt = Annotated[
+    str | None, typer.Option("--username", "-u", help="Registry user (password from --password-stdin).")
+]
+PasswordStdinOpt = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin",
+        help="Read the password from stdin (else FERRY_REGISTRY_PASSWORD or docker config).",
+    ),
+]
+CaCertOpt = Annotated[
+    Path | None, typer.Option("--ca-cert", help="CA certificate bundle for the registry's TLS.")
+]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="Do not verify the registry's TLS certificate.")
+]
+RetriesOpt = Annotated[
+    int, typer.Option("--retries", min=1, help="Attempts per request or upload on retryable errors.")
+]
+HarborOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--harbor/--no-harbor",
+        help="Treat the target as Harbor 2.x (default: detect via /api/v2.0/systeminfo).",
+    ),
+]
+MapOpt = Annotated[
+    list[str] | None, typer.Option("--map", help="Rename a repository prefix: OLD=NEW (repeatable).")
+]
 OverwriteOpt = Annotated[
     bool,
     typer.Option(
@@ -415,9 +446,7 @@ def restore(
             "cannot serve one-level names.",
         ),
     ] = "library",
-    map_: Annotated[
-        list[str] | None, typer.Option("--map", help="Rename a repository prefix: OLD=NEW (repeatable).")
-    ] = None,
+    map_: MapOpt = None,
     jobs: JobsOpt = 0,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -526,6 +555,38 @@ def restore(
 # push
 
 
+def _registry_access(
+    registry: str,
+    username: str | None,
+    password_stdin: bool,
+    ca_cert: Path | None,
+    insecure: bool,
+    *,
+    bundle_on_stdin: bool,
+) -> tuple[str, Credentials | None]:
+    """The registry options every command that talks to one takes (push, diff), checked the same way
+    before anything is opened: the URL, the CA bundle, and the credentials (-u with --password-stdin or
+    FERRY_REGISTRY_PASSWORD, else FERRY_REGISTRY_USERNAME/PASSWORD or the docker config)."""
+    from importer.push import credentials_from
+    from importer.registry.client import parse_url, ssl_context
+
+    if password_stdin and not username:
+        raise UsageError(
+            "--password-stdin needs --username (-u): a password alone names no account",
+            hint="Pass -u USER with --password-stdin, or set FERRY_REGISTRY_USERNAME and FERRY_REGISTRY_PASSWORD.",
+        )
+    url = parse_url(registry)
+    ssl_context(str(ca_cert) if ca_cert else None, insecure)  # a bad --ca-cert is refused now
+    password = None
+    if username:
+        if not password_stdin and os.environ.get("FERRY_REGISTRY_PASSWORD") is None:
+            raise UsageError(
+                "--username needs --password-stdin or FERRY_REGISTRY_PASSWORD (never a password in argv)"
+            )
+        password = _password(password_stdin, bundle_on_stdin, "FERRY_REGISTRY_PASSWORD")
+    return url, credentials_from(registry, username, password)
+
+
 def parse_map(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     out = []
     for item in items or []:
@@ -549,22 +610,10 @@ def push(
             show_default=False,
         ),
     ],
-    username: Annotated[
-        str | None, typer.Option("--username", "-u", help="Registry user (password from --password-stdin).")
-    ] = None,
-    password_stdin: Annotated[
-        bool,
-        typer.Option(
-            "--password-stdin",
-            help="Read the password from stdin (else FERRY_REGISTRY_PASSWORD or docker config).",
-        ),
-    ] = False,
-    ca_cert: Annotated[
-        Path | None, typer.Option("--ca-cert", help="CA certificate bundle for the registry's TLS.")
-    ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Do not verify the registry's TLS certificate.")
-    ] = False,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    ca_cert: CaCertOpt = None,
+    insecure: InsecureOpt = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Blobs and images in flight at once.")] = 8,
     chunk_size: Annotated[
         str,
@@ -572,25 +621,15 @@ def push(
             "--chunk-size", help="Blobs larger than this go up in chunked PATCHes (64MiB, 10MB, …)."
         ),
     ] = "64MiB",
-    retries: Annotated[
-        int, typer.Option("--retries", min=1, help="Attempts per request or upload on retryable errors.")
-    ] = 5,
-    harbor: Annotated[
-        bool | None,
-        typer.Option(
-            "--harbor/--no-harbor",
-            help="Treat the target as Harbor 2.x (default: detect via /api/v2.0/systeminfo).",
-        ),
-    ] = None,
+    retries: RetriesOpt = 5,
+    harbor: HarborOpt = None,
     default_project: Annotated[
         str,
         typer.Option(
             "--default-project", help="Harbor project for one-level names (alpine → library/alpine)."
         ),
     ] = "library",
-    map_: Annotated[
-        list[str] | None, typer.Option("--map", help="Rename a repository prefix: OLD=NEW (repeatable).")
-    ] = None,
+    map_: MapOpt = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -616,28 +655,16 @@ def push(
     """
 
     def go() -> PushResult:
-        from importer.push import PushOptions, credentials_from
+        from importer.push import PushOptions
         from importer.push import run as run_push
-        from importer.registry.client import parse_url, ssl_context
 
-        if password_stdin and not username:
-            raise UsageError(
-                "--password-stdin needs --username (-u): a password alone names no account",
-                hint="Pass -u USER with --password-stdin, or set FERRY_REGISTRY_USERNAME and FERRY_REGISTRY_PASSWORD.",
-            )
-        url = parse_url(registry)
-        ssl_context(str(ca_cert) if ca_cert else None, insecure)  # a bad --ca-cert is refused now
-        password = None
-        if username:
-            if not password_stdin and os.environ.get("FERRY_REGISTRY_PASSWORD") is None:
-                raise UsageError(
-                    "--username needs --password-stdin or FERRY_REGISTRY_PASSWORD (never a password in argv)"
-                )
-            password = _password(password_stdin, bundle == "-", "FERRY_REGISTRY_PASSWORD")
+        url, credentials = _registry_access(
+            registry, username, password_stdin, ca_cert, insecure, bundle_on_stdin=bundle == "-"
+        )
         opts = PushOptions(
             bundle=bundle,
             registry=url,
-            credentials=credentials_from(registry, username, password),
+            credentials=credentials,
             ca_cert=str(ca_cert) if ca_cert else None,
             insecure=insecure,
             jobs=jobs,
@@ -737,30 +764,17 @@ def diff(
             "--deep", help="With --root: check every blob's data by sha256 (else presence and size)."
         ),
     ] = False,
-    username: Annotated[str | None, typer.Option("--username", "-u", help="Registry user.")] = None,
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
-    ] = False,
-    ca_cert: Annotated[
-        Path | None, typer.Option("--ca-cert", help="CA certificate bundle for the registry's TLS.")
-    ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Do not verify the registry's TLS certificate.")
-    ] = False,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    ca_cert: CaCertOpt = None,
+    insecure: InsecureOpt = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Requests in flight at once.")] = 16,
-    retries: Annotated[
-        int, typer.Option("--retries", min=1, help="Attempts per request on retryable errors.")
-    ] = 5,
-    harbor: Annotated[
-        bool | None,
-        typer.Option("--harbor/--no-harbor", help="Treat the target as Harbor 2.x (default: detect)."),
-    ] = None,
+    retries: RetriesOpt = 5,
+    harbor: HarborOpt = None,
     default_project: Annotated[
         str, typer.Option("--default-project", help="Harbor project for one-level names, as push uses.")
     ] = "library",
-    map_: Annotated[
-        list[str] | None, typer.Option("--map", help="Rename a repository prefix: OLD=NEW, as push.")
-    ] = None,
+    map_: MapOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -773,20 +787,18 @@ def diff(
     def go() -> DiffResult:
         from importer.diff import DiffOptions
         from importer.diff import run as run_diff
-        from importer.push import credentials_from
-        from importer.registry.client import parse_url, ssl_context
 
-        if password_stdin and not username:
-            raise UsageError("--password-stdin needs --username (-u)")
-        url = parse_url(registry) if registry is not None else None
-        ssl_context(str(ca_cert) if ca_cert else None, insecure)
-        password = _password(password_stdin, False, "FERRY_REGISTRY_PASSWORD") if username else None
+        url = credentials = None
+        if registry is not None:
+            url, credentials = _registry_access(
+                registry, username, password_stdin, ca_cert, insecure, bundle_on_stdin=False
+            )
         return run_diff(
             DiffOptions(
                 bundle=bundle,
                 registry=url,
                 root=root,
-                credentials=credentials_from(registry, username, password) if registry else None,
+                credentials=credentials,
                 ca_cert=str(ca_cert) if ca_cert else None,
                 insecure=insecure,
                 retries=retries,

@@ -40,6 +40,8 @@ class DiffOptions:
     ca_cert: str | None = None
     insecure: bool = False
     retries: int = 5
+    #: first retry delay in seconds, doubled each attempt (as push)
+    backoff: float = 0.5
     jobs: int = 16
     harbor: bool | None = None  # None: detect
     default_project: str = "library"
@@ -155,7 +157,7 @@ def _compare(
 
 
 def _diff_registry(catalog: Catalog, opts: DiffOptions) -> DiffResult:
-    from .push import check_speaks_v2, detect_harbor
+    from .push import open_target
 
     assert opts.registry is not None
     client = RegistryClient(
@@ -168,12 +170,12 @@ def _diff_registry(catalog: Catalog, opts: DiffOptions) -> DiffResult:
         )
     )
     try:
-        ping = client.request("GET", client.url("/v2/"), expect=(200,), what=f"connect to {opts.registry}")
-        check_speaks_v2(ping, opts.registry)
-        harbor = detect_harbor(client) if opts.harbor is None else ("forced" if opts.harbor else None)
-        names = map_names(
+        _, names = open_target(
+            client,
             [r.name for r in catalog.repositories],
-            harbor=harbor is not None,
+            retries=opts.retries,
+            backoff=opts.backoff,
+            harbor=opts.harbor,
             default_project=opts.default_project,
             maps=opts.maps,
         )

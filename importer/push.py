@@ -152,6 +152,32 @@ def credentials_from(url: str, username: str | None, password: str | None) -> Cr
     return None
 
 
+def open_target(
+    client: RegistryClient,
+    repositories: list[str],
+    *,
+    retries: int,
+    backoff: float,
+    harbor: bool | None,
+    default_project: str,
+    maps: tuple[tuple[str, str], ...],
+) -> tuple[str | None, dict[str, str]]:
+    """The first contact with a target registry, the same for push and diff: one authenticated call that
+    proves the URL, TLS, credentials and that the target speaks the V2 API (retried as ``retries`` says);
+    then Harbor is detected (``harbor`` None) or taken as told, and the bundle's repositories get their
+    target names.  Returns (Harbor's version or None, bundle name -> target name)."""
+    ping = with_retries(
+        lambda: client.request("GET", client.url("/v2/"), expect=(200,), what=f"connect to {client.base}"),
+        attempts=retries,
+        backoff=backoff,
+        what="ping",
+    )
+    check_speaks_v2(ping, client.base)
+    version = detect_harbor(client) if harbor is None else ("forced" if harbor else None)
+    names = map_names(repositories, harbor=version is not None, default_project=default_project, maps=maps)
+    return version, names
+
+
 def check_speaks_v2(r: httpx.Response, registry: str) -> None:
     """Refuse a target that answered ``/v2/`` but is no registry (a web server, a login page): planning
     against it would report nothing to upload.  A registry says ``Docker-Distribution-API-Version`` or
@@ -285,20 +311,12 @@ def run(
     source = open_source(opts.bundle, stdin)
     try:
         catalog = source.catalog
-        # a first authenticated call proves the URL, TLS, credentials and that the target speaks the API
-        ping = with_retries(
-            lambda: client.request(
-                "GET", client.url("/v2/"), expect=(200,), what=f"connect to {opts.registry}"
-            ),
-            attempts=opts.retries,
-            backoff=opts.backoff,
-            what="ping",
-        )
-        check_speaks_v2(ping, opts.registry)
-        harbor = detect_harbor(client) if opts.harbor is None else ("forced" if opts.harbor else None)
-        names = map_names(
+        harbor, names = open_target(
+            client,
             [r.name for r in catalog.repositories],
-            harbor=harbor is not None,
+            retries=opts.retries,
+            backoff=opts.backoff,
+            harbor=opts.harbor,
             default_project=opts.default_project,
             maps=opts.maps,
         )
@@ -432,4 +450,4 @@ def _cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-__all__ = ["ImageOutcome", "PushOptions", "PushResult", "credentials_from", "map_names", "run"]
+__all__ = ["ImageOutcome", "PushOptions", "PushResult", "credentials_from", "map_names", "open_target", "run"]
