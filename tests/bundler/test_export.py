@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tarfile
@@ -21,6 +20,7 @@ from shared.progress import Progress
 from shared.storage import reader
 from shared.storage.reader import Selection
 from tests.support.checks import tags_of, validate_bundle
+from tests.support.mounts import tmpfs
 from tests.support.registry import skopeo
 from tests.support.zoo import Zoo
 
@@ -335,20 +335,13 @@ def test_manifests_are_written_from_the_bytes_the_scan_verified(
     assert tags_of(validate_bundle(out)) == zoo.served
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
 def test_full_disk_is_a_clear_error(zoo: Zoo, tmp_path: Path) -> None:
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode != 0:
-        pytest.skip("this sandbox cannot mount tmpfs")
-    try:
-        from shared.errors import DiskFull
+    from shared.errors import DiskFull
 
+    with tmpfs(tmp_path / "tiny", "64k") as mnt:
         with pytest.raises(DiskFull, match="no space left"):
             export(zoo.root, mnt / "b.tar")
         assert list(mnt.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_json_summary_from_the_cli(zoo: Zoo, tmp_path: Path) -> None:

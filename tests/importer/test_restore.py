@@ -26,6 +26,7 @@ from shared.storage.reader import Selection
 from shared.storage.writer import Owner
 from tests.support.checks import assert_tree_consistent
 from tests.support.harbor import HarborStandIn
+from tests.support.mounts import unavailable
 from tests.support.registry import Registry, skopeo
 from tests.support.zoo import Zoo
 
@@ -250,8 +251,9 @@ def test_dry_run_writes_nothing_and_plans(zoo: Zoo, bundle: Path, tmp_path: Path
     assert empty.plan.blobs_to_write == r.plan.blobs_present and not (tmp_path / "new").exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged user needs root")
 def test_non_root_cannot_chown_and_says_so(bundle: Path) -> None:
+    if os.geteuid() != 0:
+        unavailable("switching to an unprivileged user needs root")
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="ferry-nonroot-", dir="/tmp"))
