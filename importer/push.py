@@ -80,6 +80,8 @@ class PushResult:
     blobs_uploaded: int = 0
     blobs_mounted: int = 0
     blobs_present: int = 0
+    #: manifests and tags the target already served at the bundle's digest (not PUT again)
+    manifests_present: int = 0
     bytes_uploaded: int = 0
     plan: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
@@ -125,6 +127,7 @@ class PushResult:
             "blobsUploaded": self.blobs_uploaded,
             "blobsMounted": self.blobs_mounted,
             "blobsPresent": self.blobs_present,
+            "manifestsPresent": self.manifests_present,
             "bytesUploaded": self.bytes_uploaded,
             "plan": self.plan,
             "seconds": round(self.seconds, 3),
@@ -370,6 +373,7 @@ def run(
         blobs_uploaded=s.blobs_uploaded,
         blobs_mounted=s.blobs_mounted,
         blobs_present=s.blobs_present,
+        manifests_present=s.manifests_present,
         bytes_uploaded=s.bytes_uploaded,
         seconds=time.monotonic() - started,
         cpu_seconds=_cpu() - cpu0,

@@ -62,6 +62,7 @@ def test_a_rerun_over_a_complete_target_writes_nothing(bundle: Path, tmp_path: P
         assert any(WRITE.search(line) for line in first)
         again = push(PushOptions(bundle=str(bundle), registry=reg.url))
         assert not again.failed and again.blobs_uploaded == again.blobs_mounted == 0
+        assert again.manifests_present > 0  # every manifest and tag was found in place, none PUT
         second = reg.log_path.read_text().splitlines()[len(first) :]
         writes = [line for line in second if WRITE.search(line)]
         assert writes == [], "\n".join(writes)
