@@ -8,6 +8,7 @@ out wrong fails the export at the end of the copy, with every broken image named
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -18,10 +19,12 @@ from pathlib import Path
 
 from shared import __version__
 from shared.bundle.format import BundleInfo
+from shared.bundle.receipt import read_earlier, write_receipt
 from shared.bundle.tario import BundleOutput
 from shared.bundle.writer import BundleSink
-from shared.errors import BrokenImages, SourceChanged, SourceUnreadable
-from shared.model import Skipped
+from shared.delta import BaseSet, make_delta, merge
+from shared.errors import BrokenImages, OutputError, SourceChanged, SourceUnreadable
+from shared.model import Base, Skipped, TagChange
 from shared.progress import ProgressCallback, no_progress
 from shared.storage.fs import TarFS, TreeFS, open_tree
 from shared.storage.reader import ScanOptions, ScanResult, Selection, TreeSource, scan
@@ -39,6 +42,12 @@ class ExportOptions:
     skip_broken: bool = False
     volume_size: int | None = None
     jobs: int = 0
+    #: earlier bundles or receipts: write a delta that ships only what none of them carried
+    since: tuple[Path, ...] = ()
+    #: also write the bundle's receipt (its index alone) here
+    receipt: Path | None = None
+    #: continue from ``OUTPUT.partial`` (or its partial volumes), keeping the members that check out
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,10 +63,36 @@ class ExportResult:
     foreign_layers: int
     skipped: tuple[Skipped, ...]
     seconds: float
+    bundle_id: str = ""
+    #: a delta: the bases it relies on, and what they carried (not in this bundle)
+    bases: tuple[Base, ...] = ()
+    carried_blobs: int = 0
+    carried_manifests: int = 0
+    carried_bytes: int = 0
+    changes: tuple[TagChange, ...] = ()
+    receipt: Path | None = None
+    #: members kept from an interrupted export (``--resume``), and their bytes
+    resumed: int = 0
+    resumed_bytes: int = 0
+
+    def count(self, kind: str) -> int:
+        return sum(1 for c in self.changes if c.kind == kind)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "files": [str(p) for p in self.files],
+            "bundleId": self.bundle_id,
+            "receipt": str(self.receipt) if self.receipt else None,
+            "delta": bool(self.bases),
+            "bases": [{"bundleId": b.bundle_id, "created": b.created} for b in self.bases],
+            "carried": {
+                "blobs": self.carried_blobs,
+                "manifests": self.carried_manifests,
+                "bytes": self.carried_bytes,
+            },
+            "tagsNew": self.count("new"),
+            "tagsMoved": self.count("moved"),
+            "tagsGone": self.count("gone"),
             "repositories": self.repositories,
             "tags": self.tags,
             "untagged": self.untagged,
@@ -75,8 +110,8 @@ class ExportResult:
 
 
 def _write(
-    opts: ExportOptions, result: ScanResult, fs: TreeFS, on_progress: ProgressCallback
-) -> BundleOutput:
+    opts: ExportOptions, result: ScanResult, fs: TreeFS, on_progress: ProgressCallback, bundle_id: str
+) -> tuple[BundleOutput, BundleSink]:
     sel = opts.selection
     info = BundleInfo(
         ferry_version=__version__,
@@ -93,35 +128,63 @@ def _write(
             "skip_broken": opts.skip_broken,
         },
         volume_size=opts.volume_size,
-        bundle_id=uuid.uuid4().hex,
+        bundle_id=bundle_id,
     )
     out = BundleOutput(opts.output, opts.volume_size)
     sink = BundleSink(out, info, mtime=int(time.time()))
     copy(TreeSource(result), sink, on_progress=on_progress)
-    return out
+    return out, sink
 
 
 def _scan(
-    opts: ExportOptions, on_progress: ProgressCallback, *, defer_hashing: bool, skip_broken: bool
+    opts: ExportOptions,
+    on_progress: ProgressCallback,
+    *,
+    defer_hashing: bool,
+    skip_broken: bool,
+    bases: BaseSet | None,
 ) -> tuple[ScanResult, TreeFS]:
     fs = open_tree(opts.root)
     log.info("scanning %s", fs.description)
     try:
         options = ScanOptions(
-            selection=opts.selection, skip_broken=skip_broken, jobs=opts.jobs, defer_hashing=defer_hashing
+            selection=opts.selection,
+            skip_broken=skip_broken,
+            jobs=opts.jobs,
+            defer_hashing=defer_hashing,
+            # what a base carried is not bundled, so its bytes need not be read
+            known=frozenset(bases.carried) if bases is not None else frozenset(),
         )
-        return scan(fs, options, on_progress), fs
+        result = scan(fs, options, on_progress)
     finally:
         fs.close()  # the write phase copies by extent and needs no open view
+    if bases is not None:
+        result = dataclasses.replace(result, catalog=make_delta(result.catalog, bases))
+    return result, fs
+
+
+def _bases(opts: ExportOptions) -> BaseSet | None:
+    if not opts.since:
+        return None
+    earlier = [read_earlier(p) for p in opts.since]
+    for e in earlier:
+        log.info("base %s (created %s) from %s", e.bundle_id, e.created, e.where)
+    return merge(earlier)
 
 
 def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> ExportResult:
     started = time.monotonic()
+    if opts.receipt is not None and not opts.receipt.parent.is_dir():
+        raise OutputError(f"--receipt {opts.receipt}: its directory does not exist")
+    bases = _bases(opts)
+    bundle_id = uuid.uuid4().hex
     # blobs are hashed in the background from the walk on; a wrong one aborts the bundle at the end.
     # -j 1 asks for one core: then they are hashed after the walk, in this process
-    result, fs = _scan(opts, on_progress, defer_hashing=opts.jobs != 1, skip_broken=opts.skip_broken)
+    result, fs = _scan(
+        opts, on_progress, defer_hashing=opts.jobs != 1, skip_broken=opts.skip_broken, bases=bases
+    )
     try:
-        out = _write(opts, result, fs, on_progress)
+        out, sink = _write(opts, result, fs, on_progress, bundle_id)
     except (BrokenImages, SourceChanged, SourceUnreadable) as e:
         if isinstance(e, BrokenImages) and not opts.skip_broken:
             raise  # it names every broken image already
@@ -129,21 +192,31 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         # again, hashing first, so that every broken image is named (or, with --skip-broken, left out of
         # the index this time).  A rare, slower path
         log.info("%s; exporting again, checking every blob first", e.message)
-        result, fs = _scan(opts, on_progress, defer_hashing=False, skip_broken=opts.skip_broken)
-        out = _write(opts, result, fs, on_progress)
+        result, fs = _scan(opts, on_progress, defer_hashing=False, skip_broken=opts.skip_broken, bases=bases)
+        out, sink = _write(opts, result, fs, on_progress, bundle_id)
+    if opts.receipt is not None:
+        write_receipt(opts.receipt, sink.index_data)
     catalog = result.catalog
+    carried = catalog.carried
     return ExportResult(
         files=tuple(out.files),
         repositories=len(catalog.repositories),
         tags=sum(len(r.tags) for r in catalog.repositories),
         untagged=sum(len(r.untagged) for r in catalog.repositories),
-        manifests=len(catalog.manifests),
-        blobs=len(catalog.blobs),
-        blob_bytes=catalog.total_bytes,
+        manifests=sum(1 for d in catalog.manifests if d not in carried),
+        blobs=sum(1 for d in catalog.blobs if d not in carried),
+        blob_bytes=catalog.member_bytes,
         bundle_bytes=out.pos,
         foreign_layers=len({f.digest for m in catalog.manifests.values() for f in m.foreign}),
         skipped=catalog.skipped,
         seconds=time.monotonic() - started,
+        bundle_id=bundle_id,
+        bases=catalog.bases,
+        carried_blobs=sum(1 for d in catalog.blobs if d in carried),
+        carried_manifests=sum(1 for d in catalog.manifests if d in carried),
+        carried_bytes=catalog.total_bytes - catalog.member_bytes,
+        changes=catalog.changes,
+        receipt=opts.receipt,
     )
 
 

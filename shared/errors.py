@@ -176,6 +176,22 @@ class BundleDamaged(FerryError):
         return d
 
 
+class BaseMissing(FerryError):
+    """A delta bundle relies on content its bases carried, and the target does not have it."""
+
+    code = "base-missing"
+
+    def __init__(self, summary: str, missing: tuple[dict[str, object], ...], *, hint: str) -> None:
+        #: {digest, where (target repository or None for blob data), images, base, baseCreated}
+        self.missing = missing
+        super().__init__(summary, hint=hint)
+
+    def to_dict(self) -> dict[str, object]:
+        d = super().to_dict()
+        d["missing"] = list(self.missing)
+        return d
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     """One entry of a registry's ``{"errors": [...]}`` body (distribution-spec error codes)."""
@@ -243,6 +259,7 @@ class RegistryUnreachable(RegistryError):
 __all__ = [
     "RETRYABLE_STATUS",
     "AuthError",
+    "BaseMissing",
     "BrokenImage",
     "BrokenImages",
     "BundleDamaged",

@@ -104,7 +104,7 @@ class MemorySource:
         self._data = registry.data
 
     def contents(self) -> Iterator[BlobContent]:
-        for d in self.catalog.blob_order() + self.catalog.manifest_order():
+        for d in self.catalog.member_order():
             raw = self._data[d]
             yield BlobContent(d, len(raw), (), verified=True, xxh3=xxh3_of(raw), stream=io.BytesIO(raw))
 

@@ -78,11 +78,49 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Base:
+    """An earlier bundle (wave) a delta bundle relies on: what it carried is already on the target."""
+
+    bundle_id: str
+    created: str
+
+
+@dataclass(frozen=True)
+class TagChange:
+    """A tag as a delta sees it against its bases: ``new``, ``moved`` (from ``old``) or ``gone`` (in a
+    base, not in this selection: reported, never deleted)."""
+
+    repository: str
+    tag: str
+    kind: str
+    #: the tag's digest in this bundle (``gone``: in the base)
+    digest: str
+    #: ``moved``: the digest the base had
+    old: str | None = None
+    #: ``moved``/``gone``: the base that had the tag
+    base: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+@dataclass(frozen=True)
 class Catalog:
+    """What a source holds.  In a delta (``carried`` not empty) the catalog still describes the complete
+    selection; ``carried`` names what earlier bundles (``bases``) already brought to the target, whose
+    bytes the source does not have: its ``contents()`` yields only :meth:`member_order`."""
+
     repositories: tuple[Repository, ...]
     manifests: Mapping[str, Manifest]
     blobs: Mapping[str, Blob]
     skipped: tuple[Skipped, ...] = ()
+    #: digest -> bundle id of the base that carried it (a delta); empty for a complete catalog
+    carried: Mapping[str, str] = field(default_factory=dict)
+    #: the earlier bundles ``carried`` names, oldest first
+    bases: tuple[Base, ...] = ()
+    #: tags against the bases (a delta): new, moved and gone
+    changes: tuple[TagChange, ...] = ()
     _closure_cache: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def images(self) -> Iterator[Image]:
@@ -166,6 +204,26 @@ class Catalog:
             out.setdefault(b, None)
         return list(out)
 
+    def member_order(self) -> list[str]:
+        """What the source yields and a bundle holds: :meth:`blob_order` then :meth:`manifest_order`,
+        without what a base carried."""
+        order = self.blob_order() + self.manifest_order()
+        if not self.carried:
+            return order
+        return [d for d in order if d not in self.carried]
+
+    def carried_order(self) -> list[str]:
+        """What a base carried, in the same order: blobs, then manifests children first."""
+        if not self.carried:
+            return []
+        return [d for d in self.blob_order() + self.manifest_order() if d in self.carried]
+
+    def base(self, bundle_id: str) -> Base:
+        for b in self.bases:
+            if b.bundle_id == bundle_id:
+                return b
+        return Base(bundle_id, "")
+
     def size_of(self, digest: str) -> int:
         b = self.blobs.get(digest)
         return b.size if b is not None else self.manifests[digest].size
@@ -173,6 +231,13 @@ class Catalog:
     @property
     def total_bytes(self) -> int:
         return sum(b.size for b in self.blobs.values()) + sum(m.size for m in self.manifests.values())
+
+    @property
+    def member_bytes(self) -> int:
+        """The bytes a source of this catalog holds (a delta: without what its bases carried)."""
+        if not self.carried:
+            return self.total_bytes
+        return self.total_bytes - sum(self.size_of(d) for d in self.carried)
 
     def repositories_holding(self) -> dict[str, list[str]]:
         """digest -> repositories that need it (a manifest: revision link; a blob: _layers link)."""
@@ -185,4 +250,4 @@ class Catalog:
         return holders
 
 
-__all__ = ["Blob", "Catalog", "Image", "Manifest", "Repository", "Skipped"]
+__all__ = ["Base", "Blob", "Catalog", "Image", "Manifest", "Repository", "Skipped", "TagChange"]

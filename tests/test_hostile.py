@@ -260,7 +260,51 @@ def version_of_booleans(ix: dict[str, object]) -> None:
 
 
 def version_unknown_major(ix: dict[str, object]) -> None:
+    ix["version"] = [3, 0]
+
+
+BASE_ID = "0123456789abcdef0123456789abcdef"
+
+
+def _as_delta(ix: dict[str, object], base: object = 0) -> str:
+    """Make the index a delta whose first blob a base carried; returns that blob."""
     ix["version"] = [2, 0]
+    ix["bases"] = [{"bundle_id": BASE_ID, "created": "2026-01-01T00:00:00Z"}]
+    blobs = ix["blobs"]
+    assert isinstance(blobs, dict)
+    first = next(iter(blobs))
+    blobs[first]["base"] = base
+    return first
+
+
+def delta_names_a_base_it_does_not_list(ix: dict[str, object]) -> None:
+    first = _as_delta(ix, base=5)
+    order = ix["order"]
+    assert isinstance(order, list)
+    order.remove(first)
+
+
+def delta_still_lists_what_a_base_carried(ix: dict[str, object]) -> None:
+    _as_delta(ix)  # the member stays in order: a reader must not take it for a complete bundle
+
+
+def delta_base_id_not_an_id(ix: dict[str, object]) -> None:
+    first = _as_delta(ix)
+    ix["bases"] = [{"bundle_id": "../../etc", "created": ""}]
+    order = ix["order"]
+    assert isinstance(order, list)
+    order.remove(first)
+
+
+def delta_carried_manifest_without_its_blobs(ix: dict[str, object]) -> None:
+    ix["version"] = [2, 0]
+    ix["bases"] = [{"bundle_id": BASE_ID, "created": "2026-01-01T00:00:00Z"}]
+    manifests = ix["manifests"]
+    order = ix["order"]
+    assert isinstance(manifests, dict) and isinstance(order, list)
+    d = next(d for d, m in manifests.items() if m["blobs"])
+    manifests[d]["base"] = 0
+    order.remove(d)
 
 
 def float_size(ix: dict[str, object]) -> None:
@@ -350,6 +394,10 @@ CASES: list[Case] = [
             volume_size_zero,
             version_of_booleans,
             version_unknown_major,
+            delta_names_a_base_it_does_not_list,
+            delta_still_lists_what_a_base_carried,
+            delta_base_id_not_an_id,
+            delta_carried_manifest_without_its_blobs,
             float_size,
             media_type_a_map,
             repository_listed_twice,

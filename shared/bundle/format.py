@@ -16,6 +16,7 @@ only add keys, which readers ignore.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +26,16 @@ import zstandard
 from ..digest import Digest
 from ..errors import BundleFormatError, BundleVersionError
 from ..manifest import INDEX_TYPES, SCHEMA1_TYPES, BlobRef, ChildRef, MediaType
-from ..model import Blob, Catalog, Manifest, Repository, Skipped
+from ..model import Base, Blob, Catalog, Manifest, Repository, Skipped, TagChange
 from ..storage.paths import repository_problem, tag_problem
 
 FORMAT = "ferry-bundle"
 TRAILER_FORMAT = "ferry-bundle-trailer"
 VERSION = (1, 2)
+#: a delta bundle (``--since``): members are only what no base carried, which a 1.x reader would misread
+DELTA_VERSION = (2, 0)
+#: the majors this reader reads
+MAJORS = (1, 2)
 INDEX_MEMBER = "ferry/index.msgpack.zst"
 TRAILER_MEMBER = "ferry/trailer.msgpack"
 OCI_LAYOUT_MEMBER = "oci-layout"
@@ -71,9 +76,24 @@ class BundleInfo:
 
 
 def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = None) -> bytes:
+    base_at = {b.bundle_id: i for i, b in enumerate(catalog.bases)}
+    carried = {d: base_at[b] for d, b in catalog.carried.items()}
+
+    def blob_doc(d: str, size: int, media_type: str) -> dict[str, Any]:
+        doc: dict[str, Any] = {"size": size, "mediaType": media_type}
+        if d in carried:
+            doc["base"] = carried[d]
+        return doc
+
+    def manifest_doc(d: str, m: Manifest) -> dict[str, Any]:
+        doc = _manifest_doc(m)
+        if d in carried:
+            doc["base"] = carried[d]
+        return doc
+
     doc = {
         "format": FORMAT,
-        "version": list(info.version),
+        "version": list(DELTA_VERSION if catalog.carried else VERSION),
         "ferry_version": info.ferry_version,
         "created": info.created,
         "source": info.source,
@@ -89,9 +109,9 @@ def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = N
             }
             for r in catalog.repositories
         ],
-        "manifests": {d: _manifest_doc(m) for d, m in catalog.manifests.items()},
-        "blobs": {d: {"size": b.size, "mediaType": b.media_type} for d, b in catalog.blobs.items()},
-        "order": order if order is not None else catalog.blob_order() + catalog.manifest_order(),
+        "manifests": {d: manifest_doc(d, m) for d, m in catalog.manifests.items()},
+        "blobs": {d: blob_doc(d, b.size, b.media_type) for d, b in catalog.blobs.items()},
+        "order": order if order is not None else catalog.member_order(),
         "skipped": [
             {
                 "repository": s.repository,
@@ -102,6 +122,28 @@ def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = N
             }
             for s in catalog.skipped
         ],
+        **(
+            {"bases": [{"bundle_id": b.bundle_id, "created": b.created} for b in catalog.bases]}
+            if catalog.bases
+            else {}
+        ),
+        **(
+            {
+                "changes": [
+                    {
+                        "repository": c.repository,
+                        "tag": c.tag,
+                        "kind": c.kind,
+                        "digest": c.digest,
+                        "old": c.old,
+                        "base": c.base,
+                    }
+                    for c in catalog.changes
+                ]
+            }
+            if catalog.changes
+            else {}
+        ),
     }
     packed = msgpack.packb(doc, use_bin_type=True)
     return bytes(
@@ -266,13 +308,74 @@ def decode_index(data: bytes, *, bundle_size: int | None = None) -> tuple[Catalo
             _opt_str(doc.get("bundle_id"), "bundle_id"),
         )
         order = list(_strs(doc["order"], "order"))
+        bases = _bases(doc.get("bases", []))
+        # only a delta's members are less than what it describes; a 1.x reader never honoured ``base``
+        carried = _carried(doc, bases) if info.version[0] >= 2 else {}
+        changes = _changes(doc.get("changes", []))
     except KeyError as e:
         raise _malformed(f"no {e.args[0]!r}") from None
     except AttributeError as e:  # a value of the wrong kind where a map was expected
         raise _malformed(str(e)) from None
-    catalog = Catalog(tuple(repos), manifests, blobs, skipped)
+    catalog = Catalog(tuple(repos), manifests, blobs, skipped, carried, bases, changes)
     validate_catalog(catalog, order)
     return catalog, info, order
+
+
+_BUNDLE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _bases(v: Any) -> tuple[Base, ...]:
+    out = []
+    for b in _list(v, "bases"):
+        b = _map(b, "a base")
+        bundle_id = _str(b.get("bundle_id"), "a base's bundle_id")
+        if not _BUNDLE_ID.fullmatch(bundle_id):
+            raise _malformed(f"base bundle id {bundle_id!r} is not 32 hex digits")
+        out.append(Base(bundle_id, _str(b.get("created", ""), "a base's created time")))
+    if len({b.bundle_id for b in out}) != len(out):
+        raise _malformed("a base is listed twice")
+    return tuple(out)
+
+
+def _carried(doc: dict[str, Any], bases: tuple[Base, ...]) -> dict[str, str]:
+    """digest -> the bundle id of the base that carried it, from each entry's ``base`` (an index into
+    ``bases``)."""
+    out: dict[str, str] = {}
+    for key in ("blobs", "manifests"):
+        for d, entry in doc[key].items():
+            at = entry.get("base")
+            if at is None:
+                continue
+            if type(at) is not int or not 0 <= at < len(bases):
+                raise _malformed(f"{d} names base {at!r}, which the index does not list")
+            out[d] = bases[at].bundle_id
+    return out
+
+
+_CHANGE_KINDS = ("new", "moved", "gone")
+
+
+def _changes(v: Any) -> tuple[TagChange, ...]:
+    out = []
+    for c in _list(v, "changes"):
+        c = _map(c, "a tag change")
+        kind = _str(c.get("kind"), "a tag change's kind")
+        if kind not in _CHANGE_KINDS:
+            raise _malformed(f"a tag change of kind {kind!r}")
+        repo, tag = (
+            _str(c.get("repository"), "a changed tag's repository"),
+            _str(c.get("tag"), "a changed tag"),
+        )
+        digest, old = _str(c.get("digest"), f"{repo}:{tag}'s digest"), _opt_str(c.get("old"), "an old digest")
+        base = _opt_str(c.get("base"), "a changed tag's base")
+        # they are only reported, but reported names must be names: no escape codes reach a terminal
+        problem = repository_problem(repo) or tag_problem(tag)
+        if problem is None and not all(Digest.is_valid(x) for x in (digest, *([old] if old else []))):
+            problem = "invalid digest"
+        if problem is not None or (base is not None and not _BUNDLE_ID.fullmatch(base)):
+            raise _malformed(f"a tag change names an {problem or 'invalid base id'}")
+        out.append(TagChange(repo, tag, kind, digest, old, base))
+    return tuple(out)
 
 
 def validate_catalog(catalog: Catalog, order: list[str]) -> None:
@@ -304,17 +407,28 @@ def validate_catalog(catalog: Catalog, order: list[str]) -> None:
 
 def _validate_names(catalog: Catalog, order: list[str], held: set[str]) -> None:
     """What the digest check leaves: the order, repository names and tags, what repositories hold."""
-    if len(order) != len(held) or set(order) != held:
+    members = held - catalog.carried.keys() if catalog.carried else held
+    if len(order) != len(members) or set(order) != members:
         raise BundleFormatError(
             "the bundle index is inconsistent: its member order does not list every blob once"
+            + (" (without what its bases carried)" if catalog.carried else "")
         )
     # the order a streaming reader relies on: a blob before the manifests that need it, an index's
-    # children before the index (which also rules out a cycle of indexes)
+    # children before the index (which also rules out a cycle of indexes).  What a base carried is on
+    # the target before the first member arrives; what a base carried needs only what a base carried
     pos = {d: i for i, d in enumerate(order)}
     for d, m in catalog.manifests.items():
+        if d in catalog.carried:
+            for ref in (*m.blobs, *(c.digest for c in m.children)):
+                if ref not in catalog.carried:
+                    raise BundleFormatError(
+                        f"the bundle index is inconsistent: {d} came with a base, but {ref}, which it "
+                        "needs, did not"
+                    )
+            continue
         at = pos[d]
         for ref in (*m.blobs, *(c.digest for c in m.children)):
-            if pos[ref] > at:
+            if pos.get(ref, -1) > at:
                 raise BundleFormatError(
                     f"the bundle index is inconsistent: {d} comes before {ref}, which it needs"
                 )
@@ -466,8 +580,8 @@ def check_version(version: Any) -> None:
         and all(type(v) is int and v >= 0 for v in version)
     ):
         raise BundleFormatError(f"the bundle index has no valid version ({version!r})")
-    if version[0] != VERSION[0]:
-        raise BundleVersionError(f"{version[0]}.{version[1]}", f"{VERSION[0]}.x")
+    if version[0] not in MAJORS:
+        raise BundleVersionError(f"{version[0]}.{version[1]}", " and ".join(f"{m}.x" for m in MAJORS))
 
 
 def encode_trailer(index_xxh3: str, members: list[tuple[str, int, str]], headers_xxh3: str) -> bytes:
@@ -512,11 +626,14 @@ def decode_trailer(data: bytes) -> Trailer:
 
 
 def oci_index(catalog: Catalog) -> bytes:
-    """The OCI ``index.json``: one entry per tag (schema 1 has no OCI form), named ``repository:tag``."""
+    """The OCI ``index.json``: one entry per tag (schema 1 has no OCI form), named ``repository:tag``; in
+    a delta, per tag whose image is whole in the bundle."""
     entries = []
     for image in catalog.images():
         if image.tag is None or image.media_type in SCHEMA1_TYPES:
             continue
+        if catalog.carried and any(d in catalog.carried for d in catalog.closure(image.digest)):
+            continue  # a delta's layout lists only the images it holds whole
         mt = image.media_type
         entries.append(
             {
@@ -531,6 +648,7 @@ def oci_index(catalog: Catalog) -> bytes:
 
 
 __all__ = [
+    "DELTA_VERSION",
     "INDEX_MEMBER",
     "INDEX_TYPES",
     "OCI_INDEX_MEMBER",

@@ -42,6 +42,7 @@ class BundleSink:
         #: (name, size, xxh3 or how to get it once the source is done)
         self._members: list[tuple[str, int, str | Callable[[], str]]] = []
         self._index_xxh3 = ""
+        self.index_data = b""
         self._written: set[str] = set()
         self._bytes = 0
         #: the previous member's padding, sent with the next header in one write
@@ -78,7 +79,7 @@ class BundleSink:
     def begin(self, catalog: Catalog) -> None:
         # the readers' own check, before a byte is written: a bundle ferry writes is always one its readers
         # accept (a name or tag they would refuse must have been left out by the source, with its reason)
-        order = catalog.blob_order() + catalog.manifest_order()
+        order = catalog.member_order()
         try:
             validate_catalog(catalog, order)
         except BundleFormatError as e:
@@ -86,7 +87,9 @@ class BundleSink:
                 f"refusing to write a bundle its readers would refuse: {e.reason}",
                 hint="This is a bug in ferry's export; please report it with the message above.",
             ) from None
-        self._index_xxh3 = self._bytes_member(INDEX_MEMBER, encode_index(catalog, self.info, order))
+        #: the index member's bytes: a receipt of this bundle
+        self.index_data = encode_index(catalog, self.info, order)
+        self._index_xxh3 = self._bytes_member(INDEX_MEMBER, self.index_data)
         self._bytes_member(OCI_LAYOUT_MEMBER, OCI_LAYOUT)
         self._bytes_member(OCI_INDEX_MEMBER, oci_index(catalog))
 
@@ -132,6 +135,15 @@ class BundleSink:
 
     def tag(self, repo: str, tag: str, digest: str) -> None:
         """Tags are part of the index, written by :meth:`begin`."""
+
+    description = "the bundle"
+
+    def check_carried(self, catalog: Catalog) -> list[tuple[str | None, str]]:
+        """A delta bundle records what its bases carried in its index: nothing to check."""
+        return []
+
+    def put_carried(self, repos: Sequence[str], digest: str) -> None:
+        """Recorded in the index by :meth:`begin`."""
 
     def commit(self) -> SinkResult:
         members = [(n, size, x if isinstance(x, str) else x()) for n, size, x in self._members]

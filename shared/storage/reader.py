@@ -90,6 +90,8 @@ class ScanOptions:
     #: the results at the end of the copy, raising there if a blob is wrong (when the walk itself found
     #: something wrong, the scan waits for them, so that every broken image is named before any output)
     defer_hashing: bool = False
+    #: blobs an earlier bundle carried (a delta export): their bytes are not bundled, so not read
+    known: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -333,9 +335,16 @@ class _Hasher:
     """
 
     def __init__(
-        self, jobs: int, on_progress: ProgressCallback, tree: _Tree, *, background: bool = False
+        self,
+        jobs: int,
+        on_progress: ProgressCallback,
+        tree: _Tree,
+        *,
+        background: bool = False,
+        known: frozenset[str] = frozenset(),
     ) -> None:
         self._jobs_n = jobs
+        self._known = known
         self._jobs: dict[str, HashJob] = {}
         self._later: list[HashJob] = []  # not sent to the child: for the threads
         self._pool: HashPool | None = None
@@ -351,7 +360,7 @@ class _Hasher:
         self._process = HashProcess(self._result) if background else None
 
     def add(self, digest: str, ext: Extent) -> None:
-        if digest in self._jobs:
+        if digest in self._jobs or digest in self._known:
             return
         self.total += ext.size
         keep = (
@@ -474,7 +483,7 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     roots: list[_Root] = []
     skipped: list[Skipped] = []
     jobs = options.jobs or os.cpu_count() or 1
-    hasher = _Hasher(jobs, on_progress, tree, background=options.defer_hashing)
+    hasher = _Hasher(jobs, on_progress, tree, background=options.defer_hashing, known=options.known)
     try:
         _walk(tree, sel, roots, skipped, hasher, on_progress)
     except BaseException:
@@ -547,7 +556,7 @@ def _build(
                 extents[d] = ext
                 if d in blob_data:
                     data[d] = blob_data[d]
-                if pending is None:
+                if pending is None and d in blob_xxh3:  # not hashed: a base carried it
                     xxh3[d] = blob_xxh3[d]
     # media types come from the manifests that reference the blob (storage does not keep them)
     for m in manifests.values():
@@ -580,12 +589,12 @@ class TreeSource:
 
     def contents(self) -> Iterator[BlobContent]:
         r, pending = self._result, self._result.pending
-        blobs = self.catalog.blob_order()
+        order = self.catalog.member_order()  # a delta: without what its bases carried
         if pending is not None:
             pending.collect()  # most results are in: the child hashed while the walk went on
-            pending.start(blobs)
+            pending.start(order)
         try:
-            for d in blobs + self.catalog.manifest_order():
+            for d in order:
                 x, data, later = r.xxh3.get(d), r.data.get(d), None
                 if x is None and pending is not None:
                     x, data = pending.xxh3.get(d), pending.data.get(d)

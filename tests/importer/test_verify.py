@@ -172,14 +172,14 @@ def test_foreign_and_absent_files_get_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_unknown_major_version_is_refused(tmp_path: Path) -> None:
-    doc = {"format": "ferry-bundle", "version": [2, 0]}
+    doc = {"format": "ferry-bundle", "version": [3, 0]}
     data = zstandard.ZstdCompressor().compress(msgpack.packb(doc))
     future = tmp_path / "future.tar"
     with tarfile.open(future, "w") as tf:
         ti = tarfile.TarInfo("ferry/index.msgpack.zst")
         ti.size = len(data)
         tf.addfile(ti, io.BytesIO(data))
-    with pytest.raises(BundleVersionError, match=r"version 2\.0 is newer"):
+    with pytest.raises(BundleVersionError, match=r"version 3\.0 is newer"):
         inspect(future)
 
 

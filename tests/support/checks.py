@@ -39,12 +39,17 @@ def validate_bundle(path: Path) -> Catalog:
     assert names[1:3] == [OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER]
     assert len(names) == len(set(names)), "a member appears twice"
     blobs = [n for n in names if n.startswith("blobs/")]
-    assert set(blobs) == {blob_member(d) for d in [*catalog.blobs, *catalog.manifests]}
+    # a delta holds exactly what its bases did not carry; a full bundle everything it describes
+    held = {d for d in [*catalog.blobs, *catalog.manifests] if d not in catalog.carried}
+    assert set(blobs) == {blob_member(d) for d in held}
     for n in blobs:
         assert "sha256:" + hashlib.sha256(data[n]).hexdigest() == "sha256:" + n.rsplit("/", 1)[1]
     for image in catalog.images():
         for d in catalog.closure(image.digest):
-            assert blob_member(d) in data, f"{image.ref} needs {d}"
+            assert blob_member(d) in data or d in catalog.carried, f"{image.ref} needs {d}"
+    for d, base in catalog.carried.items():
+        assert blob_member(d) not in data, f"{d} came with base {base}, yet it is bundled again"
+        assert any(b.bundle_id == base for b in catalog.bases)
     oci = json.loads(data[OCI_INDEX_MEMBER])
     for entry in oci["manifests"]:
         assert blob_member(entry["digest"]) in data
