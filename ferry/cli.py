@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from importer.registry.client import Credentials
     from importer.restore import RestoreResult
     from importer.verify import VerifyResult
+    from shared.bundle.receipt import ReceiptResult
     from shared.storage.writer import Owner
 
 # Each command imports what it runs inside its own body: a start-up that loads every command's modules (httpx,
@@ -210,6 +211,32 @@ def export(
             "4GiB = 4·2³⁰). `cat` of the volumes is the single-file bundle.",
         ),
     ] = None,
+    since: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--since",
+            help="An earlier bundle (file or volume set) or its receipt: write a delta that ships only the "
+            "manifests and blobs none of them carried (repeatable: every earlier wave).",
+            show_default=False,
+        ),
+    ] = None,
+    receipt: Annotated[
+        Path | None,
+        typer.Option(
+            "--receipt",
+            help="Also write this bundle's receipt here: its index alone (KBs), enough to --since against "
+            "later without keeping the bundle.",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted export: keep the members of BUNDLE.partial (or its partial "
+            "volumes) that check out, then write the rest.",
+        ),
+    ] = False,
     jobs: JobsOpt = 0,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -218,7 +245,7 @@ def export(
 
     Nothing is written until the whole source has been read and every blob's sha256 checked; a broken image
     stops the export (or is skipped with --skip-broken). The bundle is written as BUNDLE.partial and renamed
-    when complete.
+    when complete. With --since it is a delta for the next wave of a migration.
     """
 
     def go() -> ExportResult:
@@ -244,6 +271,9 @@ def export(
             skip_broken=skip_broken,
             volume_size=parse_size(volume_size, "--volume-size", RECORD) if volume_size else None,
             jobs=jobs,
+            since=tuple(since or ()),
+            receipt=receipt,
+            resume=resume,
         )
         with render.progress(not quiet and not as_json) as on_progress:
             return run_export(opts, on_progress=on_progress)
@@ -262,6 +292,19 @@ def export(
             + (f", {len(r.skipped)} skipped" if r.skipped else "")
             + f" in {r.seconds:.1f}s → {render.safe(where)}",
             soft_wrap=True,
+        )
+        if r.bases:
+            render.err.print(
+                f"[green]delta[/] against {', '.join(b.bundle_id for b in r.bases)}: "
+                f"{r.count('new')} tags new, {r.count('moved')} moved, {r.count('gone')} gone from this "
+                f"selection; {r.carried_blobs} blobs and {r.carried_manifests} manifests "
+                f"({render.human(r.carried_bytes)}) left to the bases",
+                soft_wrap=True,
+            )
+        if r.resumed:
+            render.err.print(f"resumed: {r.resumed} members ({render.human(r.resumed_bytes)}) kept")
+        render.err.print(
+            f"bundle id {r.bundle_id}" + (f", receipt {render.safe(str(r.receipt))}" if r.receipt else "")
         )
 
     _execute(go, as_json=as_json, quiet=quiet, show=show)
@@ -308,6 +351,13 @@ def verify(
             f"({'xxh3' if r.quick else 'xxh3 + sha256'}) in {r.seconds:.1f}s, {rate:.0f} MB/s",
             soft_wrap=True,
         )
+        if r.bases:
+            render.err.print(
+                "a delta: the target must have received "
+                + ", ".join(f"bundle {b.bundle_id} (created {b.created})" for b in r.bases)
+                + " before this one",
+                soft_wrap=True,
+            )
 
     _execute(go, as_json=as_json, quiet=quiet, show=show)
 
@@ -347,6 +397,26 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
             render.out.print(
                 f"{len(d['foreignLayers'])} foreign layer(s) recorded, not bundled (fetched from their URLs)"
             )
+        w = d["wave"]
+        if w["bases"]:
+            render.out.print(
+                ("[bold]delta[/] on " if w["delta"] else "exported against ")
+                + ", ".join(f"{b['bundleId']} ({b['created']})" for b in w["bases"])
+                + f": adds {len(w['tagsNew'])} tags, moves {len(w['tagsMoved'])}, "
+                f"{w['manifestsNew']} manifests and {w['blobsNew']} blobs new ({render.human(w['bytesNew'])}); "
+                f"{w['carried']['blobs']} blobs ({render.human(w['carried']['bytes'])}) came with the bases",
+                soft_wrap=True,
+            )
+            for c in w["tagsMoved"]:
+                render.out.print(f"  moved {render.safe(c['ref'])}: {c['old'][:19]}… → {c['digest'][:19]}…")
+            if w["tagsGone"]:
+                render.out.print(
+                    f"{len(w['tagsGone'])} tag(s) in a base but not in this selection (left as they are on "
+                    "import): "
+                    + ", ".join(render.safe(c["ref"]) for c in w["tagsGone"][:10])
+                    + (" …" if len(w["tagsGone"]) > 10 else ""),
+                    soft_wrap=True,
+                )
 
     def go() -> InspectResult:
         from importer.inspect import run as run_inspect
@@ -747,6 +817,36 @@ def push(
     result = _execute(go, as_json=as_json, quiet=quiet, show=show)
     if result.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def receipt(
+    bundle: BundleArg,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="The receipt file to write.", show_default=False),
+    ],
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a bundle's receipt: its index alone, a few KB to MB, which `ferry export --since` takes in
+    place of the bundle, so the bundle itself need not be kept on the export side."""
+
+    def go() -> ReceiptResult:
+        from shared.bundle.receipt import extract
+
+        if output.is_dir():
+            raise UsageError(f"-o {output}: is a directory; name the receipt file")
+        return extract(bundle, output)
+
+    def show(r: ReceiptResult) -> None:
+        render.err.print(
+            f"[green]receipt[/] of bundle {r.bundle_id} (created {r.created}): {r.tags} tags, "
+            f"{r.manifests} manifests, {r.blobs} blobs in {render.human(r.bytes)} → {render.safe(r.output)}",
+            soft_wrap=True,
+        )
+
+    _execute(go, as_json=as_json, quiet=quiet, show=show)
 
 
 @app.command()

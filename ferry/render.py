@@ -94,6 +94,18 @@ def render_error(e: FerryError, *, as_json: bool) -> None:
             shown = ", ".join(imgs[:5]) + (f" and {len(imgs) - 5} more" if len(imgs) > 5 else "")
             line += f"\n      breaks: {safe(shown)}"
         err.print(line, soft_wrap=True)
+    lacking: list[dict[str, Any]] = list(details.get("missing", []))  # type: ignore[call-overload]
+    for item in lacking[:10]:
+        imgs = item.get("images") or []
+        where = f" in {item['where']}" if item.get("where") else ""
+        shown = ", ".join(imgs[:3]) + (f" and {len(imgs) - 3} more" if len(imgs) > 3 else "")
+        err.print(
+            f"  [red]✗[/] {safe(item['digest'])}{safe(where)} [dim](bundle {safe(item['base'])})[/]"
+            + (f"\n      needed by: {safe(shown)}" if shown else ""),
+            soft_wrap=True,
+        )
+    if len(lacking) > 10:
+        err.print(f"  … and {len(lacking) - 10} more (--json lists every one)")
     if e.hint:
         err.print(f"[yellow]hint[/]: {safe(e.hint)}", soft_wrap=True)
 

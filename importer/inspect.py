@@ -8,6 +8,7 @@ from typing import Any
 
 from shared.bundle.format import BundleInfo
 from shared.bundle.reader import Bundle
+from shared.delta import wave
 from shared.model import Catalog
 
 
@@ -53,6 +54,7 @@ class InspectResult:
             "blobs": len(c.blobs),
             "bytes": c.total_bytes,
             "bundleBytes": self.bundle_bytes,
+            "wave": wave(c),
             "foreignLayers": sorted({f.digest for m in c.manifests.values() for f in m.foreign}),
             "skipped": [
                 {"image": s.ref, "digest": s.digest, "reason": s.reason, "missing": list(s.missing)}

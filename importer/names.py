@@ -54,7 +54,10 @@ def rename(catalog: Catalog, names: dict[str, str]) -> Catalog:
     if all(old == new for old, new in names.items()):
         return catalog
     repos = tuple(dataclasses.replace(r, name=names[r.name]) for r in catalog.repositories)
-    return dataclasses.replace(catalog, repositories=repos, _closure_cache={})
+    changes = tuple(
+        dataclasses.replace(c, repository=names.get(c.repository, c.repository)) for c in catalog.changes
+    )
+    return dataclasses.replace(catalog, repositories=repos, changes=changes, _closure_cache={})
 
 
 __all__ = ["map_names", "rename"]

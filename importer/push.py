@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from shared.bundle.source import open_source
+from shared.delta import base_missing
 from shared.errors import RegistryError
 from shared.manifest import SCHEMA1_TYPES
 from shared.model import Catalog
@@ -323,6 +324,23 @@ def run(
             default_project=opts.default_project,
             maps=opts.maps,
         )
+        sink = RegistrySink(
+            client,
+            names=names,
+            jobs=opts.jobs,
+            chunk_size=opts.chunk_size,
+            retries=opts.retries,
+            backoff=opts.backoff,
+            convert_schema1=opts.convert_schema1,
+            overwrite=opts.overwrite,
+            on_progress=on_progress,
+        )
+        if catalog.carried:
+            # a delta: what its bases carried must be on the target, asked before a project is created
+            # (a dry run says so too: the push would fail)
+            lacking = sink.check_carried(catalog)
+            if lacking:
+                raise base_missing(catalog, lacking, target=sink.description)
         created: list[str] = []
         missing: list[str] = []
         if harbor is not None:
@@ -348,17 +366,6 @@ def run(
                 cpu_seconds=_cpu() - cpu0,
                 account=opts.credentials.username if opts.credentials else None,
             )
-        sink = RegistrySink(
-            client,
-            names=names,
-            jobs=opts.jobs,
-            chunk_size=opts.chunk_size,
-            retries=opts.retries,
-            backoff=opts.backoff,
-            convert_schema1=opts.convert_schema1,
-            overwrite=opts.overwrite,
-            on_progress=on_progress,
-        )
         copy(source, sink, on_progress=no_progress)
     finally:
         source.close()
@@ -415,7 +422,9 @@ def _plan(
             first.setdefault(b, names[repo.name])
     upload = present = nbytes = 0
     for d, target in first.items():
-        if not empty(target) and head(f"/v2/{target}/blobs/{d}", "check blob").status_code == 200:
+        if d in catalog.carried:
+            present += 1  # checked against the target already
+        elif not empty(target) and head(f"/v2/{target}/blobs/{d}", "check blob").status_code == 200:
             present += 1
         else:
             upload += 1

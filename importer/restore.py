@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.bundle.source import open_source
+from shared.delta import base_missing
 from shared.errors import FerryError, OutputError, UsageError
 from shared.model import Catalog
 from shared.progress import ProgressCallback, no_progress
@@ -24,6 +25,7 @@ from shared.storage.writer import (
     RootClaim,
     StorageTreeSink,
     blob_present,
+    carried_missing,
     existing_blobs,
     tag_target,
 )
@@ -139,7 +141,7 @@ def plan(catalog: Catalog, root: Path, existing: set[str] | None = None) -> Plan
     write = present = nbytes = 0
     for d in [*catalog.blobs, *catalog.manifests]:
         size = catalog.size_of(d)
-        if blob_present(layout, existing, d, size):
+        if d in catalog.carried or blob_present(layout, existing, d, size):  # carried: checked in run()
             present += 1
         else:
             write += 1
@@ -201,6 +203,12 @@ def run(
         catalog = source.catalog
         # listed once, for the plan and for the writer
         existing = existing_blobs(StorageLayout.for_root(opts.root), catalog)
+        if catalog.carried:
+            # a delta: what its bases carried must be here already, before anything is written (a dry
+            # run says so too: the restore would fail)
+            lacking = carried_missing(StorageLayout.for_root(opts.root), existing, catalog)
+            if lacking:
+                raise base_missing(catalog, lacking, target=f"--root {opts.root}")
         the_plan = plan(catalog, opts.root, existing)
         projects, orphans = harbor1.projects_of([r.name for r in catalog.repositories])
         if opts.dry_run:

@@ -28,6 +28,7 @@ from shared.bundle.tario import VolumeSet
 from shared.digest import xxh3_of
 from shared.errors import BundleDamaged
 from shared.hashing import Check, CheckProcess, Mismatches, Xxh3s, check_mapped
+from shared.model import Base
 from shared.progress import Progress, ProgressCallback, no_progress
 
 
@@ -47,6 +48,8 @@ class VerifyResult:
     images: int
     quick: bool
     seconds: float
+    #: a delta: the earlier bundles the target must have received first
+    bases: tuple[Base, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -57,6 +60,8 @@ class VerifyResult:
             "bytes": self.bytes,
             "images": self.images,
             "check": "xxh3" if self.quick else "xxh3+sha256",
+            "delta": bool(self.bases),
+            "bases": [{"bundleId": b.bundle_id, "created": b.created} for b in self.bases],
             "seconds": round(self.seconds, 3),
         }
 
@@ -208,6 +213,7 @@ def _verify(
         images=sum(1 for _ in catalog.images()),
         quick=opts.quick,
         seconds=time.monotonic() - started,
+        bases=catalog.bases if catalog.carried else (),
     )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol, cast, runtime_checkable
 
 from .model import Catalog, Manifest
 from .storage.fs import Extent, ExtentsReader
@@ -94,4 +94,21 @@ class ImageSink(Protocol):
     def abort(self) -> None: ...
 
 
-__all__ = ["BlobContent", "ImageSink", "ImageSource", "SinkResult"]
+@runtime_checkable
+class DeltaSink(Protocol):
+    """The optional ability to take a delta: a catalog whose ``carried`` content earlier bundles brought
+    to the target and the source does not hold.
+
+    Call order: ``check_carried`` before ``begin``, writing nothing; it returns every (where, digest) the
+    target lacks (``where``: a repository, or None for the storage's blob data), and the copy stops with
+    :class:`~shared.errors.BaseMissing` if there is any.  After ``begin``, ``put_carried`` once per carried
+    digest, blobs first, then manifests children first, all before the first ``put_blob``: it makes the
+    digest, which the target holds somewhere, available in ``repos`` (a link, a mount, a copy of a
+    manifest).  Nothing carried is verified here: it was, when its base was imported."""
+
+    def check_carried(self, catalog: Catalog) -> list[tuple[str | None, str]]: ...
+
+    def put_carried(self, repos: Sequence[str], digest: str) -> None: ...
+
+
+__all__ = ["BlobContent", "DeltaSink", "ImageSink", "ImageSource", "SinkResult"]

@@ -272,7 +272,13 @@ class RegistryClient:
         )
 
     def head_many(
-        self, paths: list[str], *, attempts: int, headers: dict[str, str] | None = None, jobs: int = 16
+        self,
+        paths: list[str],
+        *,
+        attempts: int,
+        headers: dict[str, str] | None = None,
+        jobs: int = 16,
+        refused_as_absent: bool = False,
     ) -> list[tuple[int, str | None]]:
         """``HEAD`` each path (200 or 404 expected); returns, in order, (status, Docker-Content-Digest).
 
@@ -280,7 +286,9 @@ class RegistryClient:
         one interpreter lock, a plain ``http.client`` connection per thread a fraction of it.  The first
         request to each repository goes through :meth:`head` (the auth flow, a token for that repository);
         the rest reuse its Authorization.  Anything but a plain 200 or 404 (401, a redirect, 5xx, a
-        dropped connection) is asked again through :meth:`head`, with its retries."""
+        dropped connection) is asked again through :meth:`head`, with its retries.  With
+        ``refused_as_absent``, a refusal (a project that does not exist yet answers 401 or 403 on Harbor)
+        is returned as its status instead of raised."""
         import http.client
         from concurrent.futures import ThreadPoolExecutor
 
@@ -308,7 +316,12 @@ class RegistryClient:
             return c
 
         def slow(path: str) -> tuple[int, str | None]:
-            r = self.head(path, what=f"check {path}", attempts=attempts, headers=headers)
+            try:
+                r = self.head(path, what=f"check {path}", attempts=attempts, headers=headers)
+            except RegistryError as e:
+                if refused_as_absent and e.status in (401, 403):
+                    return e.status, None
+                raise
             return r.status_code, r.headers.get("Docker-Content-Digest")
 
         def one(path: str) -> tuple[int, str | None]:

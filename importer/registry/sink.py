@@ -44,7 +44,7 @@ from shared.storage.fs import Extent, ExtentsReader
 from shared.store import BlobContent, SinkResult
 
 from .. import schema1
-from .client import RegistryClient, with_retries
+from .client import RegistryClient, error_from, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,9 @@ class RegistrySink:
         self._diff_ids: dict[str, str] = {}  # layer digest -> uncompressed sha256, for schema 1 conversion
         self._diff_wanted: set[str] = set()
         self._catalog: Catalog | None = None
+        #: (target, digest a base carried) -> where to mount or copy it from (None: in place)
+        self._carry: dict[tuple[str, str], str | None] = {}
+        self._checked: tuple[Catalog, list[tuple[str | None, str]]] | None = None
         #: manifests waiting for one they refer to (a signature for its image): (target, digest) of the
         #: one awaited -> what to submit once it is
         self._parked: dict[
@@ -196,10 +199,200 @@ class RegistrySink:
         self._absent: set[str] = targets - listed if listed is not None else set()
         # (repository, digest) -> its tags, looked up once per manifest instead of scanning every repository
         self._held = {r.name: set(r.manifests) for r in catalog.repositories}
+        #: (target, tag) -> the digest a delta's base recorded for a tag that moved since
+        self._was = {
+            (self.names[c.repository], c.tag): c.old
+            for c in catalog.changes
+            if c.kind == "moved" and c.repository in self.names
+        }
         self._tags_of: dict[tuple[str, str], list[str]] = {}
         for repo in catalog.repositories:
             for tag, d in sorted(repo.tags.items()):
                 self._tags_of.setdefault((repo.name, d), []).append(tag)
+
+    # -- a delta (shared.store.DeltaSink) ---------------------------------------------------------
+    @property
+    def description(self) -> str:
+        return f"the registry {self.client.base}"
+
+    def check_carried(self, catalog: Catalog) -> list[tuple[str | None, str]]:
+        """Every carried digest each target repository needs must be in it, or in another repository
+        of the target it can be mounted (a blob) or copied (a manifest) from.  HEADs only, in parallel;
+        what is where is kept for :meth:`put_carried`, and the answer for a second call."""
+        wanted: dict[tuple[str, str], None] = {}
+        for repo in catalog.repositories:
+            target = self.names[repo.name]
+            for d in repo.manifests:
+                m = catalog.manifests[d]
+                if m.media_type in SCHEMA1_TYPES:
+                    continue  # was not pushed with its base either (or was converted to another digest)
+                if d in catalog.carried:
+                    wanted[(target, d)] = None
+                wanted.update(((target, b), None) for b in m.blobs if b in catalog.carried)
+        if self._checked is not None and self._checked[0] is catalog:
+            return self._checked[1]  # asked once before anything was written (push); not again
+        pairs = list(wanted)
+        blobs = [p for p in pairs if p[1] in catalog.blobs]
+        manifests = [p for p in pairs if p[1] not in catalog.blobs]
+        answers = self.client.head_many(
+            [f"/v2/{t}/blobs/{d}" for t, d in blobs], attempts=self.retries, refused_as_absent=True
+        ) + self.client.head_many(
+            [f"/v2/{t}/manifests/{d}" for t, d in manifests],
+            attempts=self.retries,
+            headers=MANIFEST_ACCEPT,
+            refused_as_absent=True,
+        )
+        has = {p for p, (status, _) in zip(blobs + manifests, answers, strict=True) if status == 200}
+        holder: dict[str, str] = {}
+        for t, d in sorted(has):
+            holder.setdefault(d, t)
+        self._carry = {}
+        missing: list[tuple[str | None, str]] = []
+        for t, d in pairs:
+            if (t, d) in has:
+                self._carry[(t, d)] = None
+            elif d in holder:
+                self._carry[(t, d)] = holder[d]
+            else:
+                missing.append((t, d))
+        self._checked = (catalog, missing)
+        return missing
+
+    def put_carried(self, repos: Sequence[str], digest: str) -> None:
+        assert self._catalog is not None
+        blob = digest in self._catalog.blobs
+        for repo in repos:
+            target = self.names[repo]
+            key = (target, digest)
+            if key not in self._carry:
+                if not blob:  # schema 1: skipped as in the push of its base
+                    self.stats.skipped[key] = SCHEMA1_REASON
+                continue
+            source = self._carry[key]
+            if blob:
+                if source is None:
+                    self.stats.blobs_present += 1
+                    self._where.setdefault(digest, target)
+                else:
+                    self._blob_jobs.append(self._pool.submit(self._carry_blob, target, digest, source))
+            else:
+                # after the blobs it needs (mounted just before) and its children (copied just before)
+                self._wait(self._blob_jobs)
+                children = [
+                    job
+                    for c in self._catalog.manifests[digest].children
+                    if (job := self._manifest_jobs.get((target, c.digest))) is not None
+                ]
+                self._manifest_jobs[key] = self._pool.submit(
+                    self._carry_manifest, target, digest, source, children
+                )
+
+    def _carry_blob(self, repo: str, digest: str, source: str) -> None:
+        """Mount a blob a base brought into another repository; a registry that refuses the mount (a
+        202) gets it uploaded, from a download out of ``source``."""
+        c = self.client
+        try:
+            self._check_project(repo)
+            r = with_retries(
+                lambda: c.request(
+                    "POST",
+                    c.url(f"/v2/{repo}/blobs/uploads/"),
+                    params={"mount": digest, "from": source},
+                    expect=(201, 202),
+                    what=f"mount {digest} into {repo}",
+                ),
+                attempts=self.retries,
+                backoff=self.backoff,
+                what="mount",
+            )
+            if r.status_code == 201:
+                self._record(digest, repo, "mounted")
+                return
+            assert self._catalog is not None
+            body = self._download(source, digest, self._catalog.size_of(digest))
+            try:
+                self._upload(repo, body, _location(r))
+            finally:
+                body.close()
+            self._record(digest, repo, "uploaded")
+        except (RegistryError, OSError) as e:
+            self._fail(repo, digest, self._describe(e, repo))
+
+    def _download(self, repo: str, digest: str, size: int) -> _Body:
+        """A blob from the target itself, checked against its digest, spooled for an upload."""
+
+        def attempt() -> BinaryIO:
+            spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 (closed by the body)
+            h = hashlib.new(digest.split(":", 1)[0])
+            try:
+                with self.client.http.stream("GET", self.client.url(f"/v2/{repo}/blobs/{digest}")) as r:
+                    if r.status_code != 200:
+                        r.read()
+                        raise error_from(r, f"download {digest} from {repo}")
+                    for chunk in r.iter_bytes(CHUNK):
+                        h.update(chunk)
+                        spool.write(chunk)
+            except httpx.HTTPError as e:
+                spool.close()
+                raise RegistryError(f"download {digest} from {repo}: {e}", transport=True) from None
+            except BaseException:
+                spool.close()
+                raise
+            if f"{h.name}:{h.hexdigest()}" != digest or spool.tell() != size:
+                spool.close()
+                raise RegistryError(f"{repo} served {digest} with other bytes")
+            spool.seek(0)
+            return cast(BinaryIO, spool)
+
+        spool = with_retries(attempt, attempts=self.retries, backoff=self.backoff, what=f"download {digest}")
+        body = _Body(BlobContent(digest, size, (), verified=True))
+        body._spool = spool
+        return body
+
+    def _carry_manifest(
+        self, repo: str, digest: str, source: str | None, children: Sequence[Future[None]] = ()
+    ) -> None:
+        """A manifest a base brought: in place (``source`` None), or copied, byte for byte, from another
+        repository of the target into this one (once its ``children`` are: jobs submitted earlier)."""
+        for child in children:
+            child.result()
+        if source is None:
+            with self._lock:
+                self.stats.manifests_present += 1
+            return
+        assert self._catalog is not None
+        m = self._catalog.manifests[digest]
+        try:
+            raw = self._fetch_manifest(source, digest)
+            self._put(repo, digest, m.media_type, raw, digest)
+        except (RegistryError, OSError) as e:
+            self._fail(repo, digest, self._describe(e, repo))
+
+    def _fetch_manifest(self, repo: str, digest: str) -> bytes:
+        """A manifest's exact bytes from the target (a tag on a manifest a base brought)."""
+        with self._lock:
+            raw = self._raw.get(digest)
+        if raw is not None:
+            return raw
+        c = self.client
+        r = with_retries(
+            lambda: c.request(
+                "GET",
+                c.url(f"/v2/{repo}/manifests/{digest}"),
+                expect=(200,),
+                what=f"get {repo}@{digest}",
+                headers=MANIFEST_ACCEPT,
+            ),
+            attempts=self.retries,
+            backoff=self.backoff,
+            what=f"manifest {digest}",
+        )
+        raw = r.content
+        if f"sha256:{hashlib.sha256(raw).hexdigest()}" != digest:
+            raise RegistryError(f"{repo} served {digest} with other bytes")
+        with self._lock:
+            self._raw[digest] = raw
+        return raw
 
     def put_blob(self, repos: Sequence[str], content: BlobContent) -> None:
         body = _Body(content)
@@ -563,14 +756,15 @@ class RegistrySink:
             if converted is not None:
                 self._put(repo, tag, MediaType.DOCKER_MANIFEST, converted.manifest, converted.digest)
             else:
-                self._put(repo, tag, m.media_type, self._raw[digest], digest)
+                # a manifest a base brought is fetched from the target only if the tag must be set
+                self._put(repo, tag, m.media_type, self._raw.get(digest), digest)
         except RegistryError as e:
             with self._lock:
                 self.stats.failed_tags[(repo, tag)] = self._describe(e, repo)
         finally:
             self._advance(images=1)
 
-    def _put(self, repo: str, ref: str, media_type: str, raw: bytes, digest: str) -> None:
+    def _put(self, repo: str, ref: str, media_type: str, raw: bytes | None, digest: str) -> None:
         c = self.client
         # what the target serves for this reference, asked first (not in a repository the registry did not
         # list at the start, which holds nothing): already at this digest, nothing is sent (a rerun over a
@@ -582,16 +776,21 @@ class RegistrySink:
                     self.stats.manifests_present += 1
                 return
             if current is not None and ref != digest:
+                # a tag still where the delta's base put it is that earlier wave's, not someone else's:
+                # it moves with the source
+                move = self.overwrite or self._was.get((repo, ref)) == current
                 with self._lock:
-                    if not self.overwrite:
+                    if not move:
                         self.stats.tags_kept[(repo, ref)] = (current, digest)
                     else:
                         self.stats.tags_moved[(repo, ref)] = (current, digest)
-                if not self.overwrite:
+                if not move:
                     log.info("%s:%s is at %s on the target, not moved to %s", repo, ref, current, digest)
                     # the image still lands, by digest: only the tag stays where it is
                     self._put(repo, digest, media_type, raw, digest)
                     return
+
+        body = raw if raw is not None else self._fetch_manifest(repo, digest)
 
         def attempt() -> httpx.Response:
             return c.request(
@@ -600,7 +799,7 @@ class RegistrySink:
                 expect=(201,),
                 what=f"put manifest {repo}:{ref}",
                 headers={"Content-Type": media_type},
-                content=raw,
+                content=body,
             )
 
         try:

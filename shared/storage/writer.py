@@ -120,6 +120,8 @@ class StorageTreeSink:
         self._pid = os.getpid()
         self._sources: dict[str, int] = {}  # bundle file -> descriptor, opened once
         self._kcopy = KernelCopy()
+        self._catalog: Catalog | None = None
+        self._was: dict[tuple[str, str], str | None] = {}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _dirs(self, path: str) -> None:
@@ -275,7 +277,28 @@ class StorageTreeSink:
             f.result()
 
     # -- the sink protocol -----------------------------------------------------------------------
+    @property
+    def description(self) -> str:
+        return f"the storage tree {self.layout.v2}"
+
+    def check_carried(self, catalog: Catalog) -> list[tuple[str | None, str]]:
+        """What a delta relies on must be blob data in this tree already (its links are written here)."""
+        if self._present is None:
+            self._present = existing_blobs(self.layout, catalog)
+        return carried_missing(self.layout, self._present, catalog)
+
+    def put_carried(self, repos: Sequence[str], digest: str) -> None:
+        assert self._catalog is not None
+        blob = digest in self._catalog.blobs
+        if self._links is not None:
+            self._links.link(digest, blob, repos)
+        else:
+            self._enqueue(functools.partial(self._write_links, digest, blob, repos))
+
     def begin(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        #: (repository, tag) -> the digest a delta's base recorded for a tag that moved since
+        self._was = {(c.repository, c.tag): c.old for c in catalog.changes if c.kind == "moved"}
         if self._present is None:
             self._present = existing_blobs(self.layout, catalog)
         v2 = self.layout.v2
@@ -363,7 +386,8 @@ class StorageTreeSink:
             if self.layout.path(TagsDir(repo)) in self._fresh_dirs
             else tag_target(self.layout, repo, tag)
         )
-        if old is not None and old != digest and not self.overwrite:
+        # a tag still where the delta's base put it is that earlier wave's: it moves with the source
+        if old is not None and old != digest and not self.overwrite and self._was.get((repo, tag)) != old:
             with self._lock:
                 self.stats.tags_kept.append((f"{repo}:{tag}", old, digest))
             log.info("tag %s:%s is at %s in the target, not moved to %s", repo, tag, old, digest)
@@ -610,6 +634,17 @@ def blob_present(layout: StorageLayout, existing: set[str], digest: str, size: i
         return os.stat(layout.path(BlobData(Digest.parse(digest)))).st_size == size
     except (FileNotFoundError, NotADirectoryError):
         return False
+
+
+def carried_missing(
+    layout: StorageLayout, existing: set[str], catalog: Catalog
+) -> list[tuple[str | None, str]]:
+    """(None, digest) for each digest a delta's bases carried whose data is not in the tree."""
+    return [
+        (None, d)
+        for d in catalog.carried_order()
+        if not blob_present(layout, existing, d, catalog.size_of(d))
+    ]
 
 
 def tag_target(layout: StorageLayout, repo: str, tag: str) -> str | None:
