@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import __version__
-from shared.bundle.format import BundleInfo
+from shared.bundle.format import BundleInfo, encode_index
 from shared.bundle.receipt import read_earlier, write_receipt
+from shared.bundle.resume import Partial, ResumePoint, check, claimed, find_partial
 from shared.bundle.tario import BundleOutput
 from shared.bundle.writer import BundleSink
 from shared.delta import BaseSet, make_delta, merge
-from shared.errors import BrokenImages, OutputError, SourceChanged, SourceUnreadable
+from shared.errors import BrokenImages, DiskFull, OutputError, SourceChanged, SourceUnreadable, UsageError
 from shared.model import Base, Skipped, TagChange
 from shared.progress import ProgressCallback, no_progress
 from shared.storage.fs import TarFS, TreeFS, open_tree
@@ -93,6 +94,8 @@ class ExportResult:
             "tagsNew": self.count("new"),
             "tagsMoved": self.count("moved"),
             "tagsGone": self.count("gone"),
+            "resumed": self.resumed,
+            "resumedBytes": self.resumed_bytes,
             "repositories": self.repositories,
             "tags": self.tags,
             "untagged": self.untagged,
@@ -109,13 +112,25 @@ class ExportResult:
         }
 
 
-def _write(
-    opts: ExportOptions, result: ScanResult, fs: TreeFS, on_progress: ProgressCallback, bundle_id: str
-) -> tuple[BundleOutput, BundleSink]:
+@dataclass(frozen=True)
+class _Identity:
+    """What makes two exports of one source differ: kept from the partial when resuming."""
+
+    bundle_id: str
+    created: str
+    mtime: int
+
+    @classmethod
+    def new(cls) -> _Identity:
+        now = time.time()
+        return cls(uuid.uuid4().hex, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), int(now))
+
+
+def _info(opts: ExportOptions, fs: TreeFS, ident: _Identity) -> BundleInfo:
     sel = opts.selection
-    info = BundleInfo(
+    return BundleInfo(
         ferry_version=__version__,
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        created=ident.created,
         source={
             "kind": "tar" if isinstance(fs, TarFS) else "directory",
             "path": os.path.abspath(opts.root),
@@ -128,11 +143,32 @@ def _write(
             "skip_broken": opts.skip_broken,
         },
         volume_size=opts.volume_size,
-        bundle_id=bundle_id,
+        bundle_id=ident.bundle_id,
     )
+
+
+def _write(
+    opts: ExportOptions,
+    result: ScanResult,
+    fs: TreeFS,
+    on_progress: ProgressCallback,
+    ident: _Identity,
+    point: ResumePoint | None,
+) -> tuple[BundleOutput, BundleSink]:
     out = BundleOutput(opts.output, opts.volume_size)
-    sink = BundleSink(out, info, mtime=int(time.time()))
-    copy(TreeSource(result), sink, on_progress=on_progress)
+    out.resumable = opts.output is not None
+    if point is not None:
+        out.resume(point.paths, point.pos)
+    sink = BundleSink(out, _info(opts, fs, ident), mtime=ident.mtime, resume=point)
+    try:
+        copy(TreeSource(result), sink, on_progress=on_progress)
+    except DiskFull as e:
+        if out.kept:
+            e.hint = (
+                f"{out.pos} bytes are kept in {', '.join(map(str, out.kept))}: free space (or move them to a "
+                "larger disk with the same names) and run the same command with --resume to continue."
+            )
+        raise
     return out, sink
 
 
@@ -143,6 +179,7 @@ def _scan(
     defer_hashing: bool,
     skip_broken: bool,
     bases: BaseSet | None,
+    written: frozenset[str] = frozenset(),
 ) -> tuple[ScanResult, TreeFS]:
     fs = open_tree(opts.root)
     log.info("scanning %s", fs.description)
@@ -152,8 +189,9 @@ def _scan(
             skip_broken=skip_broken,
             jobs=opts.jobs,
             defer_hashing=defer_hashing,
-            # what a base carried is not bundled, so its bytes need not be read
-            known=frozenset(bases.carried) if bases is not None else frozenset(),
+            # what a base carried is not bundled, and what an interrupted run wrote is checked in its
+            # partial: their bytes need not be read here
+            known=(frozenset(bases.carried) if bases is not None else frozenset()) | written,
         )
         result = scan(fs, options, on_progress)
     finally:
@@ -172,19 +210,62 @@ def _bases(opts: ExportOptions) -> BaseSet | None:
     return merge(earlier)
 
 
+def _partial(opts: ExportOptions) -> Partial | None:
+    if not opts.resume:
+        return None
+    if opts.output is None:
+        raise UsageError("--resume cannot be combined with -o - (a stream cannot be continued)")
+    partial = find_partial(opts.output, opts.volume_size)
+    if partial is None:
+        log.info("no partial export of %s to resume: exporting from the start", opts.output)
+    return partial
+
+
+def _resume_point(
+    opts: ExportOptions, result: ScanResult, fs: TreeFS, partial: Partial, ident: _Identity
+) -> ResumePoint | None:
+    catalog = result.catalog
+    order = catalog.member_order()
+    index = encode_index(catalog, _info(opts, fs, ident), order)
+    point = check(partial, index, catalog, order, jobs=opts.jobs)
+    if point is None:
+        log.warning(
+            "%s was written from another source or with other options: exporting from the start",
+            partial.paths[0],
+        )
+    else:
+        log.info("resuming after %d members (%d bytes) that check out", len(point.members), point.pos)
+    return point
+
+
 def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> ExportResult:
     started = time.monotonic()
     if opts.receipt is not None and not opts.receipt.parent.is_dir():
         raise OutputError(f"--receipt {opts.receipt}: its directory does not exist")
+    partial = _partial(opts)
     bases = _bases(opts)
-    bundle_id = uuid.uuid4().hex
+    ident = _Identity.new()
+    written: frozenset[str] = frozenset()
+    if partial is not None and partial.info.bundle_id is not None:
+        ident = _Identity(partial.info.bundle_id, partial.info.created, partial.mtime)
+        written = claimed(partial)
     # blobs are hashed in the background from the walk on; a wrong one aborts the bundle at the end.
     # -j 1 asks for one core: then they are hashed after the walk, in this process
+    defer = opts.jobs != 1
     result, fs = _scan(
-        opts, on_progress, defer_hashing=opts.jobs != 1, skip_broken=opts.skip_broken, bases=bases
+        opts, on_progress, defer_hashing=defer, skip_broken=opts.skip_broken, bases=bases, written=written
     )
+    point = None
+    if written:
+        assert partial is not None
+        point = _resume_point(opts, result, fs, partial, ident)
+        if point is None:  # another source, or other options: nothing of the partial is of use
+            ident = _Identity.new()
+            result, fs = _scan(
+                opts, on_progress, defer_hashing=defer, skip_broken=opts.skip_broken, bases=bases
+            )
     try:
-        out, sink = _write(opts, result, fs, on_progress, bundle_id)
+        out, sink = _write(opts, result, fs, on_progress, ident, point)
     except (BrokenImages, SourceChanged, SourceUnreadable) as e:
         if isinstance(e, BrokenImages) and not opts.skip_broken:
             raise  # it names every broken image already
@@ -193,7 +274,8 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         # the index this time).  A rare, slower path
         log.info("%s; exporting again, checking every blob first", e.message)
         result, fs = _scan(opts, on_progress, defer_hashing=False, skip_broken=opts.skip_broken, bases=bases)
-        out, sink = _write(opts, result, fs, on_progress, bundle_id)
+        ident, point = _Identity.new(), None
+        out, sink = _write(opts, result, fs, on_progress, ident, point)
     if opts.receipt is not None:
         write_receipt(opts.receipt, sink.index_data)
     catalog = result.catalog
@@ -210,13 +292,15 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         foreign_layers=len({f.digest for m in catalog.manifests.values() for f in m.foreign}),
         skipped=catalog.skipped,
         seconds=time.monotonic() - started,
-        bundle_id=bundle_id,
+        bundle_id=ident.bundle_id,
         bases=catalog.bases,
         carried_blobs=sum(1 for d in catalog.blobs if d in carried),
         carried_manifests=sum(1 for d in catalog.manifests if d in carried),
         carried_bytes=catalog.total_bytes - catalog.member_bytes,
         changes=catalog.changes,
         receipt=opts.receipt,
+        resumed=point.blobs if point is not None else 0,
+        resumed_bytes=point.blob_bytes if point is not None else 0,
     )
 
 

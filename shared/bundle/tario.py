@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import mmap
 import os
 import re
+import sys
 import tarfile
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from ..errors import (
 )
 from ..kcopy import KernelCopy
 from ..storage.fs import Extent
+
+log = logging.getLogger(__name__)
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default blocking: archives end on a 10 KiB record, as tar -cf writes them
@@ -93,8 +97,40 @@ class BundleOutput:
         self._fd: int | None = None
         self._vol_used = 0
         self._kcopy = KernelCopy()
+        #: keep the partial files when a full disk or an interruption stops the export (see abort)
+        self.resumable = False
+        self.kept: list[Path] = []
         if path is not None and not path.parent.is_dir():
             raise OutputError(f"{path.parent}: output directory does not exist")
+
+    def resume(self, partials: Sequence[Path], pos: int) -> None:
+        """Continue the partial files an interrupted export left, from byte ``pos`` of their
+        concatenation (what comes after is cut; volumes after the one holding ``pos`` are removed)."""
+        assert self.path is not None and pos > 0 and not self._partials
+        v = self.volume_size
+        last = 0 if v is None else (pos - 1) // v
+        local = pos if v is None else pos - last * v
+        for stale in partials[last + 1 :]:
+            stale.unlink()
+        path = partials[last]
+        try:
+            self._fd = os.open(path, os.O_WRONLY)
+            os.ftruncate(self._fd, local)
+            os.lseek(self._fd, local, os.SEEK_SET)
+        except OSError as e:
+            raise OutputError(f"{path}: cannot continue it ({e.strerror})") from None
+        self._partials = list(partials[: last + 1])
+        self.pos = pos
+        self._vol_used = local
+
+    def keep_partial(self) -> list[Path]:
+        """Leave the partial files for ``--resume`` (a full disk, an interruption) instead of removing
+        them; returns them."""
+        if self._fd is not None and self.path is not None:
+            os.close(self._fd)
+        self._fd = None
+        kept, self._partials = self._partials, []
+        return kept
 
     # -- volumes ---------------------------------------------------------------------------------
     def _final_names(self) -> list[Path]:
@@ -175,9 +211,7 @@ class BundleOutput:
     def _os_error(self, e: OSError) -> OutputError:
         where = self._partials[-1] if self._partials else "stdout"
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DiskFull(
-                f"{where}: no space left on device after {self.pos} bytes; the partial output was removed"
-            )
+            return DiskFull(f"{where}: no space left on device after {self.pos} bytes")
         if e.errno == errno.EPIPE:
             return OutputError("the reader of stdout went away; nothing complete was written")
         return OutputError(f"{where}: write failed ({e.strerror})")
@@ -203,6 +237,14 @@ class BundleOutput:
         return finals
 
     def abort(self) -> None:
+        """Remove every partial file; unless ``resumable`` and the failure being handled (this is called
+        from an ``except`` block) is one that ``--resume`` gets past: a full disk, an interruption.  Then
+        the partial files stay, under their ``.partial`` names, and ``kept`` lists them."""
+        failure = sys.exc_info()[1]
+        if self.resumable and self.path is not None and isinstance(failure, DiskFull | KeyboardInterrupt):
+            self.kept = self.keep_partial()
+            log.warning("kept %s for `ferry export --resume`", ", ".join(map(str, self.kept)))
+            return
         if self._fd is not None and self.path is not None:
             os.close(self._fd)
         self._fd = None

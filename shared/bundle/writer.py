@@ -24,6 +24,7 @@ from .format import (
     oci_index,
     validate_catalog,
 )
+from .resume import ResumePoint
 from .tario import RECORD, BundleOutput, padding, tar_header
 
 
@@ -35,10 +36,16 @@ class BundleSink:
     a mismatch aborts the bundle.
     """
 
-    def __init__(self, output: BundleOutput, info: BundleInfo, *, mtime: int) -> None:
+    def __init__(
+        self, output: BundleOutput, info: BundleInfo, *, mtime: int, resume: ResumePoint | None = None
+    ) -> None:
         self.out = output
         self.info = info
         self.mtime = mtime
+        #: members an interrupted export wrote and that checked out: taken as they are, not written again
+        self._kept = resume.members if resume is not None else ()
+        self._kept_headers = resume.headers if resume is not None else ()
+        self._n = 0  # members handled so far
         #: (name, size, xxh3 or how to get it once the source is done)
         self._members: list[tuple[str, int, str | Callable[[], str]]] = []
         self._index_xxh3 = ""
@@ -68,7 +75,22 @@ class BundleSink:
             self._headers.update(header)
         return header
 
+    def _take_kept(self, name: str, size: int) -> str | None:
+        """The kept member's xxh3 when member number ``_n`` is one the resumed partial holds already."""
+        n = self._n
+        self._n += 1
+        if n >= len(self._kept) or name == TRAILER_MEMBER:
+            return None
+        kept_name, kept_size, x = self._kept[n]
+        assert (kept_name, kept_size) == (name, size), "a resumed export follows the partial's own plan"
+        self._headers.update(self._kept_headers[n])
+        self._members.append((name, size, x))
+        return x
+
     def _bytes_member(self, name: str, data: bytes) -> str:
+        kept = self._take_kept(name, len(data))
+        if kept is not None:
+            return kept
         x = xxh3_of(data)
         self._emit(self._tail + self._header(name, len(data)) + data)
         self._tail = padding(len(data))
@@ -97,6 +119,10 @@ class BundleSink:
         if content.digest in self._written:
             return
         name = blob_member(content.digest)
+        if self._take_kept(name, content.size) is not None:
+            self._written.add(content.digest)
+            self._bytes += content.size
+            return
         self._emit(self._tail + self._header(name, content.size))
         x: str | Callable[[], str]
         known = content.xxh3 if content.xxh3 is not None else content.xxh3_later

@@ -90,7 +90,8 @@ class ScanOptions:
     #: the results at the end of the copy, raising there if a blob is wrong (when the walk itself found
     #: something wrong, the scan waits for them, so that every broken image is named before any output)
     defer_hashing: bool = False
-    #: blobs an earlier bundle carried (a delta export): their bytes are not bundled, so not read
+    #: blobs whose bytes need not be read: an earlier bundle carried them (a delta export), or an
+    #: interrupted export wrote them (``--resume``: checked there, and hashed while copied if not kept)
     known: frozenset[str] = frozenset()
 
 
@@ -377,6 +378,10 @@ class _Hasher:
         else:
             self._later.append(job)
 
+    def has(self, digest: str) -> bool:
+        """Whether this hasher checks ``digest`` (not: a blob the scan was told is ``known``)."""
+        return digest in self._jobs
+
     def _result(self, job: HashJob, h: RangeHashes | OSError) -> None:
         d = job.key
         if isinstance(h, OSError):
@@ -596,7 +601,7 @@ class TreeSource:
         try:
             for d in order:
                 x, data, later = r.xxh3.get(d), r.data.get(d), None
-                if x is None and pending is not None:
+                if x is None and pending is not None and pending.has(d):
                     x, data = pending.xxh3.get(d), pending.data.get(d)
                     if x is None:
                         later = functools.partial(pending.xxh3.__getitem__, d)
