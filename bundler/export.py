@@ -192,6 +192,7 @@ def _scan(
             # what a base carried is not bundled, and what an interrupted run wrote is checked in its
             # partial: their bytes need not be read here
             known=(frozenset(bases.carried) if bases is not None else frozenset()) | written,
+            described=bases.described if bases is not None else None,
         )
         result = scan(fs, options, on_progress)
     finally:

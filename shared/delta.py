@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import BaseMissing
-from .model import Base, Catalog, TagChange
+from .model import Base, Blob, Catalog, Manifest, TagChange
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class BaseSet:
     carried: dict[str, str]
     #: (repository, tag) -> (digest, bundle id of the newest base that had the tag)
     tags: dict[tuple[str, str], tuple[str, str]]
+    #: every manifest and blob the bases described: content-addressed, so an image whose manifest a base
+    #: described needs no reading again (see ScanOptions.described)
+    described: Catalog = field(default_factory=lambda: Catalog((), {}, {}))
 
 
 def merge(earlier: Sequence[Earlier]) -> BaseSet:
@@ -47,7 +50,11 @@ def merge(earlier: Sequence[Earlier]) -> BaseSet:
     bases: dict[str, Base] = {}
     carried: dict[str, str] = {}
     tags: dict[tuple[str, str], tuple[str, str]] = {}
+    manifests: dict[str, Manifest] = {}
+    blobs: dict[str, Blob] = {}
     for e in sorted(earlier, key=lambda e: e.created):
+        manifests.update(e.catalog.manifests)
+        blobs.update(e.catalog.blobs)
         for b in e.catalog.bases:
             bases.setdefault(b.bundle_id, b)
         bases.setdefault(e.bundle_id, Base(e.bundle_id, e.created))
@@ -58,7 +65,7 @@ def merge(earlier: Sequence[Earlier]) -> BaseSet:
             for tag, d in repo.tags.items():
                 tags[(repo.name, tag)] = (d, e.bundle_id)
     ordered = tuple(sorted(bases.values(), key=lambda b: (b.created, b.bundle_id)))
-    return BaseSet(ordered, carried, tags)
+    return BaseSet(ordered, carried, tags, Catalog((), manifests, blobs))
 
 
 def make_delta(catalog: Catalog, bases: BaseSet) -> Catalog:

@@ -145,7 +145,12 @@ def test_the_delta_holds_exactly_what_the_first_wave_did_not(waves: Waves) -> No
         assert b.info.version == DELTA_VERSION
         assert [x.bundle_id for x in b.catalog.bases] == [first_id]
     assert set(catalog.carried.values()) == {first_id}
-    assert tags_of(catalog) == tags_of(Bundle.open(waves.full2).catalog)
+    full = Bundle.open(waves.full2).catalog
+    assert tags_of(catalog) == tags_of(full)
+    # what a base described is taken from it, not read again: it must describe exactly what a full export
+    # reads from the tree (every manifest and blob, sizes and media types included)
+    assert dict(catalog.manifests) == dict(full.manifests) and dict(catalog.blobs) == dict(full.blobs)
+    assert catalog.repositories == full.repositories
 
 
 def test_inspect_and_verify_show_the_wave(waves: Waves) -> None:

@@ -93,6 +93,10 @@ class ScanOptions:
     #: blobs whose bytes need not be read: an earlier bundle carried them (a delta export), or an
     #: interrupted export wrote them (``--resume``: checked there, and hashed while copied if not kept)
     known: frozenset[str] = frozenset()
+    #: manifests (and their blobs) earlier bundles described (a delta export): an image whose manifest is
+    #: among them is taken as described there, without reading it again (content-addressed: the same
+    #: digest is the same manifest, needing the same blobs); only its revision links are checked
+    described: Catalog | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,8 @@ class _Tree:
         #: what could not be read where no image is known yet (a tag's link, a folder): broken, like an
         #: image whose manifest cannot be read
         self.unreadable: list[BrokenImage] = []
+        #: what earlier bundles described (ScanOptions.described)
+        self.described: Catalog | None = None
 
     def p(self, spec: PathSpec) -> str:
         return self.layout.path(spec)
@@ -276,11 +282,12 @@ def _follow(tree: _Tree, root: _Root, linked: Callable[[str], bool], hasher: _Ha
     hostile tree.  A frame is (digest, False) before the manifest is entered, (digest, True) for its blobs
     once its children are done."""
     seen: set[str] = set()
+    described = tree.described
     stack: list[tuple[str, bool]] = [(root.digest, False)]
     while stack:
         d, blobs_now = stack.pop()
-        info = tree.manifest(d).info
         if blobs_now:
+            info = tree.manifest(d).info
             assert info is not None
             for b in info.blobs:
                 if b.digest in seen:
@@ -298,10 +305,20 @@ def _follow(tree: _Tree, root: _Root, linked: Callable[[str], bool], hasher: _Ha
             continue
         if d in seen:
             continue
+        if described is not None and d in described.manifests:
+            for x in described.closure(d):
+                if x in seen:
+                    continue
+                seen.add(x)
+                root.closure.append(x)
+                if x in described.manifests and not linked(x):
+                    root.problems.append(("manifest is not linked in the repository (no revision link)", x))
+            continue
         seen.add(d)
         root.closure.append(d)
         if not linked(d):
             root.problems.append(("manifest is not linked in the repository (no revision link)", d))
+        info = tree.manifest(d).info
         if info is None:
             root.problems.append((tree.manifest(d).problem or "manifest unreadable", d))
             continue
@@ -484,6 +501,7 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     """Walk the tree, follow the selected images, verify their bytes; raise :class:`BrokenImages` unless
     ``skip_broken``, in which case broken images are left out and listed in ``catalog.skipped``."""
     tree = _Tree(fs)
+    tree.described = options.described
     sel = options.selection
     roots: list[_Root] = []
     skipped: list[Skipped] = []
@@ -531,10 +549,21 @@ def _build(
     xxh3: dict[str, str] = {}
     data: dict[str, bytes] = {}
     by_repo: dict[str, list[_Root]] = {}
+    described = tree.described
     for r in good:
         by_repo.setdefault(r.repo, []).append(r)
         for d in r.closure:
+            if d in manifests or d in blobs:
+                continue
             loaded = tree._manifests.get(d)
+            if loaded is None and described is not None:
+                # taken as an earlier bundle described it: never read here, and never bundled
+                if d in described.manifests:
+                    manifests[d] = described.manifests[d]
+                    continue
+                if d in described.blobs:
+                    blobs[d] = described.blobs[d]
+                    continue
             if loaded is not None:
                 if d not in manifests:
                     info, ext = loaded.info, loaded.extent
@@ -565,6 +594,8 @@ def _build(
                     xxh3[d] = blob_xxh3[d]
     # media types come from the manifests that reference the blob (storage does not keep them)
     for m in manifests.values():
+        if m.digest not in tree._manifests:
+            continue  # described by an earlier bundle, media types included
         info = tree._manifests[m.digest].info
         assert info is not None
         for b in info.blobs:
