@@ -255,6 +255,17 @@ def main() -> None:
             file=sys.stderr,
         )
         results["harbor-200"] = push.run_harbor(small, OUT / "harbor-200-work")
+    if not only or "waves" in only.split(","):
+        from bench import waves
+
+        tree = OUT / "tags-5000-tree"
+        if not (tree / ".facts.json").exists():
+            rm(tree)
+            subprocess.run([sys.executable, "-m", "bench.trees", "tags-5000", str(tree)], check=True)
+        print(
+            "benchmarking waves (a second wave on tags-5000, ferry diff over 5000 tags) ...", file=sys.stderr
+        )
+        results["waves"] = waves.run(tree, OUT / "waves-work", runs=min(RUNS, 3))
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     report(results)
 
@@ -308,6 +319,21 @@ def report(results: dict[str, object]) -> None:
         goals.append(
             (f"{name}: export + push at most 0.35x the seed scheme", r["end_to_end_vs_seed"] <= 0.35)
         )
+    w = results.get("waves")
+    if isinstance(w, dict):
+        print(
+            f"\nwaves: {w['changed']} images with a new top layer, {w['added']} tags added, of {w['tags']}: "
+            f"delta {w['delta_bytes'] / 1e6:.1f} MB = {w['delta_vs_minimum']}x the minimum, "
+            f"{w['delta_vs_full']}x a full export, {w['delta_vs_by_reference']}x a by-reference differential "
+            f"({w['by_reference_bytes'] / 1e6:.1f} MB); delta export {w['delta_export_s']}s vs full "
+            f"{w['full_export_s']}s ({w['delta_vs_full_export_time']}x); ferry diff over {w['tags']} tags "
+            f"{w['diff_5000_s']}s"
+        )
+        goals.append(("waves: delta bytes exactly the minimum (1.00)", w["delta_vs_minimum"] == 1.0))
+        goals.append(
+            ("waves: delta export at most 0.2x the full export", w["delta_vs_full_export_time"] <= 0.2)
+        )
+        goals.append(("waves: ferry diff over 5000 tags within 10 s", w["diff_5000_s"] <= 10))
     print()
     for text, ok in goals:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
