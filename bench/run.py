@@ -277,7 +277,7 @@ def report(results: dict[str, object]) -> None:
         f"{'verify':>8} {'openssl':>8} {'speedup':>8} {'restore':>8} {'tar-x+chown':>12} {'ratio':>6}"
     )
     for name, r in results.items():
-        if name == "machine" or name.startswith(("push-", "harbor-")):
+        if name in ("machine", "waves") or name.startswith(("push-", "harbor-")):
             continue
         assert isinstance(r, dict)
         print(

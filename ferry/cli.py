@@ -861,7 +861,10 @@ def diff(
     deep: Annotated[
         bool,
         typer.Option(
-            "--deep", help="With --root: check every blob's data by sha256 (else presence and size)."
+            "--deep",
+            help="With --root: check every blob's data by sha256 (else presence and size). With --registry: "
+            "also HEAD every blob in every repository that needs it (else a manifest the registry holds "
+            "vouches for its blobs: it took the manifest only with them).",
         ),
     ] = False,
     username: UsernameOpt = None,

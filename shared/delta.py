@@ -45,14 +45,16 @@ class BaseSet:
 
 
 def merge(earlier: Sequence[Earlier]) -> BaseSet:
-    """The bases, oldest first (a later base's tags win); a digest is attributed to the bundle whose
-    members held it, following a base's own bases."""
+    """The bases, oldest first (each after the bases it was exported against; a later base's tags win);
+    a digest is attributed to the bundle whose members held it, following a base's own bases."""
     bases: dict[str, Base] = {}
     carried: dict[str, str] = {}
     tags: dict[tuple[str, str], tuple[str, str]] = {}
     manifests: dict[str, Manifest] = {}
     blobs: dict[str, Blob] = {}
-    for e in sorted(earlier, key=lambda e: e.created):
+    # a bundle later in a chain of waves records more bases (they are transitive): it goes after the
+    # ones it was exported against even when both were created in the same second
+    for e in sorted(earlier, key=lambda e: (len(e.catalog.bases), e.created)):
         manifests.update(e.catalog.manifests)
         blobs.update(e.catalog.blobs)
         for b in e.catalog.bases:
@@ -64,8 +66,7 @@ def merge(earlier: Sequence[Earlier]) -> BaseSet:
         for repo in cat.repositories:
             for tag, d in repo.tags.items():
                 tags[(repo.name, tag)] = (d, e.bundle_id)
-    ordered = tuple(sorted(bases.values(), key=lambda b: (b.created, b.bundle_id)))
-    return BaseSet(ordered, carried, tags, Catalog((), manifests, blobs))
+    return BaseSet(tuple(bases.values()), carried, tags, Catalog((), manifests, blobs))
 
 
 def make_delta(catalog: Catalog, bases: BaseSet) -> Catalog:
