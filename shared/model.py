@@ -7,6 +7,7 @@ repository needs (its ``_layers`` links) follow from its manifests, so they are 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -171,8 +172,14 @@ class Catalog:
                 out.setdefault(b, None)
         return list(out)
 
+    # orders and sums are asked several times per run (writer, source, checks): computed once per catalog
+    # (a cached_property lives in the instance, so dataclasses.replace starts afresh)
     def manifest_order(self) -> list[str]:
         """Every manifest, children before the indexes that list them (the order a registry accepts)."""
+        return list(self._manifest_order)
+
+    @functools.cached_property
+    def _manifest_order(self) -> tuple[str, ...]:
         out: dict[str, None] = {}
         entered: set[str] = set()
         for top in sorted(self.manifests):
@@ -192,25 +199,33 @@ class Catalog:
                     for c in reversed(self.manifests[d].children)
                     if c.digest in self.manifests and c.digest not in entered
                 )
-        return list(out)
+        return tuple(out)
 
     def blob_order(self) -> list[str]:
         """Configs and layers in repository order: a streaming reader meets a repository's blobs together."""
+        return list(self._blob_order)
+
+    @functools.cached_property
+    def _blob_order(self) -> tuple[str, ...]:
         out: dict[str, None] = {}
         for repo in self.repositories:
             for b in self.repository_blobs(repo):
                 out.setdefault(b, None)
         for b in sorted(self.blobs):  # blobs no repository lists cannot exist, but never drop one
             out.setdefault(b, None)
-        return list(out)
+        return tuple(out)
 
     def member_order(self) -> list[str]:
         """What the source yields and a bundle holds: :meth:`blob_order` then :meth:`manifest_order`,
         without what a base carried."""
-        order = self.blob_order() + self.manifest_order()
+        return list(self._member_order)
+
+    @functools.cached_property
+    def _member_order(self) -> tuple[str, ...]:
+        order = self._blob_order + self._manifest_order
         if not self.carried:
             return order
-        return [d for d in order if d not in self.carried]
+        return tuple(d for d in order if d not in self.carried)
 
     def carried_order(self) -> list[str]:
         """What a base carried, in the same order: blobs, then manifests children first."""
@@ -232,7 +247,7 @@ class Catalog:
     def total_bytes(self) -> int:
         return sum(b.size for b in self.blobs.values()) + sum(m.size for m in self.manifests.values())
 
-    @property
+    @functools.cached_property
     def member_bytes(self) -> int:
         """The bytes a source of this catalog holds (a delta: without what its bases carried)."""
         if not self.carried:
