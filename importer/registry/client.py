@@ -109,9 +109,16 @@ class RegistryAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             return
+        sent = request.headers.get("Authorization", "")
+        if sent.startswith("Bearer "):
+            # the cached token does not (or no longer) grant this: one asked for before a Harbor project
+            # existed grants nothing in it, and Harbor then challenges with basic.  Never sent again
+            with self._lock:
+                if self._tokens.get(repo, ("",))[0] == sent[7:]:
+                    del self._tokens[repo]
         scheme, params = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if scheme == "basic":
-            if self.credentials is None or self._basic:
+            if self.credentials is None or (self._basic and not sent.startswith("Bearer ")):
                 return
             self._basic = True
             request.headers["Authorization"] = self._basic_header()

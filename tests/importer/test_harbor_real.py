@@ -309,3 +309,46 @@ def test_convert_schema1_on_harbor(harbor29: RealHarbor, bundle: Path, catalog: 
         convert_schema1=True,
     )
     assert problems == []
+
+
+def test_a_second_wave_into_harbor(
+    harbor29: RealHarbor, zoo_copy: Path, bundle: Path, catalog: Catalog, tmp_path: Path
+) -> None:
+    """Wave 1 (the zoo), then a delta with a new project whose image shares a layer wave 1 carried: the
+    layer is mounted across projects, nothing is uploaded twice, and diff says ok.  Into projects that
+    lack wave 1 the delta is refused before any project is created."""
+    from bench.trees import TreeWriter
+    from shared.digest import Digest
+    from shared.errors import BaseMissing
+    from shared.storage.paths import BlobData, StorageLayout
+
+    prefix = f"w{uuid.uuid4().hex[:8]}"
+    layer = max(catalog.blobs.values(), key=lambda b: b.size)
+    data = Path(StorageLayout.for_root(zoo_copy).path(BlobData(Digest.parse(layer.digest)))).read_bytes()
+    TreeWriter(zoo_copy).image("fresh/x", "1", [data, b"a new layer of wave 2"], b'{"wave":2}')
+    delta = tmp_path / "wave2.tar"
+    export(ExportOptions(root=zoo_copy, output=delta, since=(bundle,), selection=Selection(untagged=True)))
+    with Bundle.open(delta) as b:
+        wave2 = b.catalog
+    assert layer.digest in wave2.carried
+    maps = _maps(wave2, prefix)
+    assert not _push(harbor29, bundle, maps=maps).failed
+    r = _push(harbor29, delta, maps=maps)
+    assert not r.failed, [(i.ref, i.reason) for i in r.failed]
+    assert r.blobs_mounted >= 1 and r.blobs_uploaded == 2  # the new layer and config; the shared one mounted
+    d = diff(
+        DiffOptions(
+            bundle=delta,
+            registry=harbor29.url,
+            credentials=Credentials(harbor29.username, harbor29.password),
+            maps=maps,
+        )
+    )
+    assert d.ok, d.to_dict()
+    # a target without wave 1: refused before anything is written, no project created
+    other = f"v{uuid.uuid4().hex[:8]}"
+    with pytest.raises(BaseMissing) as e:
+        _push(harbor29, delta, maps=_maps(wave2, other))
+    assert Bundle.open(bundle).info.bundle_id in e.value.message
+    projects = harbor29.ok("GET", f"/projects?name={other}&page_size=100")
+    assert not projects
