@@ -27,10 +27,10 @@ if TYPE_CHECKING:
     from importer.diff import DiffResult
     from importer.inspect import InspectResult
     from importer.push import PushResult
-    from importer.registry.client import Credentials
     from importer.restore import RestoreResult
     from importer.verify import VerifyResult
     from shared.bundle.receipt import ReceiptResult
+    from shared.registry.client import Credentials
     from shared.storage.writer import Owner
 
 # Each command imports what it runs inside its own body: a start-up that loads every command's modules (httpx,
@@ -530,9 +530,9 @@ def restore(
 
     def go() -> RestoreResult:
         from importer.harbor1 import HarborAccess
-        from importer.registry.client import parse_url
         from importer.restore import RestoreOptions
         from importer.restore import run as run_restore
+        from shared.registry.client import parse_url
 
         harbor = None
         if password_stdin and not harbor_url:
@@ -637,8 +637,7 @@ def _registry_access(
     """The registry options every command that talks to one takes (push, diff), checked the same way
     before anything is opened: the URL, the CA bundle, and the credentials (-u with --password-stdin or
     FERRY_REGISTRY_PASSWORD, else FERRY_REGISTRY_USERNAME/PASSWORD or the docker config)."""
-    from importer.push import credentials_from
-    from importer.registry.client import parse_url, ssl_context
+    from shared.registry.client import credentials_from, parse_url, ssl_context
 
     if password_stdin and not username:
         raise UsageError(

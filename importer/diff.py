@@ -23,11 +23,10 @@ from shared.digest import CHUNK, Digest
 from shared.errors import UsageError
 from shared.manifest import SCHEMA1_TYPES
 from shared.model import Catalog
+from shared.registry.client import MANIFEST_ACCEPT, ClientConfig, Credentials, RegistryClient
 from shared.storage.paths import BlobData, LayerLink, ManifestRevisionLink, StorageLayout, TagCurrentLink
 
 from .names import map_names
-from .registry.client import ClientConfig, Credentials, RegistryClient
-from .registry.sink import MANIFEST_ACCEPT
 
 
 @dataclass(frozen=True, kw_only=True)

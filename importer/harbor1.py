@@ -60,7 +60,7 @@ def flush_registry_cache(url: str) -> int:
     """Delete the registry's cache keys from Redis DB 1 (whatever DB the URL names); returns how many."""
     import redis  # only restores that talk to Redis pay for importing the client
 
-    from .registry.client import redact
+    from shared.registry.client import redact
 
     client = redis.Redis.from_url(url, db=HARBOR_REGISTRY_DB, socket_timeout=10, socket_connect_timeout=10)
     deleted = 0
@@ -153,7 +153,7 @@ def api_limits(catalog: Catalog) -> tuple[str, ...]:
 def sync_harbor(access: HarborAccess, projects: list[str]) -> HarborSync:
     import httpx  # only restores that talk to Harbor pay for importing the HTTP client
 
-    from .registry.client import NoCookies
+    from shared.registry.client import NoCookies
 
     with httpx.Client(
         base_url=access.url.rstrip("/"),

@@ -9,14 +9,11 @@ is reported per image: pushed, skipped (with why), or failed (with why).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 import resource
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from shared.bundle.source import open_source
@@ -25,11 +22,19 @@ from shared.errors import RegistryError
 from shared.manifest import SCHEMA1_TYPES
 from shared.model import Catalog
 from shared.progress import ProgressCallback, no_progress
+from shared.registry.client import (
+    MANIFEST_ACCEPT,
+    ClientConfig,
+    Credentials,
+    RegistryClient,
+    connect,
+    detect_harbor,
+    with_retries,
+)
 from shared.transfer import copy
 
 from .names import map_names
-from .registry.client import ClientConfig, Credentials, RegistryClient, with_retries
-from .registry.sink import MANIFEST_ACCEPT, RegistrySink
+from .registry.sink import RegistrySink
 
 if TYPE_CHECKING:
     import httpx
@@ -136,26 +141,6 @@ class PushResult:
         }
 
 
-def credentials_from(url: str, username: str | None, password: str | None) -> Credentials | None:
-    """``--username`` + password, else FERRY_REGISTRY_USERNAME/PASSWORD, else the docker config's auth."""
-    if username and password is not None:
-        return Credentials(username, password)
-    env_user, env_pw = os.environ.get("FERRY_REGISTRY_USERNAME"), os.environ.get("FERRY_REGISTRY_PASSWORD")
-    if env_user and env_pw is not None:
-        return Credentials(env_user, env_pw)
-    host = url.split("://", 1)[-1].split("/", 1)[0]
-    cfg = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
-    try:
-        auths = json.loads(cfg.read_text()).get("auths", {})
-    except (OSError, ValueError):
-        return None
-    for key, entry in auths.items():
-        if key.split("://", 1)[-1].split("/", 1)[0] == host and entry.get("auth"):
-            user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
-            return Credentials(user, pw)
-    return None
-
-
 def open_target(
     client: RegistryClient,
     repositories: list[str],
@@ -170,50 +155,10 @@ def open_target(
     proves the URL, TLS, credentials and that the target speaks the V2 API (retried as ``retries`` says);
     then Harbor is detected (``harbor`` None) or taken as told, and the bundle's repositories get their
     target names.  Returns (Harbor's version or None, bundle name -> target name)."""
-    ping = with_retries(
-        lambda: client.request("GET", client.url("/v2/"), expect=(200,), what=f"connect to {client.base}"),
-        attempts=retries,
-        backoff=backoff,
-        what="ping",
-    )
-    check_speaks_v2(ping, client.base)
+    connect(client, retries=retries, backoff=backoff)
     version = detect_harbor(client) if harbor is None else ("forced" if harbor else None)
     names = map_names(repositories, harbor=version is not None, default_project=default_project, maps=maps)
     return version, names
-
-
-def check_speaks_v2(r: httpx.Response, registry: str) -> None:
-    """Refuse a target that answered ``/v2/`` but is no registry (a web server, a login page): planning
-    against it would report nothing to upload.  A registry says ``Docker-Distribution-API-Version`` or
-    answers with a JSON body."""
-    if r.headers.get("Docker-Distribution-API-Version", "").lower().startswith("registry/2"):
-        return
-    try:
-        if isinstance(json.loads(r.content or b"null"), dict):
-            return
-    except ValueError:
-        pass
-    kind = r.headers.get("Content-Type", "unknown content").split(";", 1)[0]
-    raise RegistryError(
-        f"{registry} answered GET /v2/ with 200 ({kind}) but does not speak the Registry V2 API",
-        status=r.status_code,
-        method="GET",
-        url=f"{registry}/v2/",
-        hint="Check the URL: it must be the registry itself (Harbor: its external URL), not a web page or a proxy's login.",
-    )
-
-
-def detect_harbor(client: RegistryClient) -> str | None:
-    try:
-        r = client.http.get(client.url("/api/v2.0/systeminfo"), timeout=30)
-    except Exception:
-        return None
-    if r.status_code == 200:
-        try:
-            return str(r.json().get("harbor_version") or "unknown")
-        except ValueError:
-            return None
-    return None
 
 
 def ensure_projects(
@@ -463,4 +408,4 @@ def _cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-__all__ = ["ImageOutcome", "PushOptions", "PushResult", "credentials_from", "map_names", "open_target", "run"]
+__all__ = ["ImageOutcome", "PushOptions", "PushResult", "map_names", "open_target", "run"]

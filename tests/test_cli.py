@@ -119,7 +119,7 @@ def test_option_mistakes_are_usage_errors_named_by_their_option(args: list[str],
 
 
 def test_registry_urls_as_operators_write_them() -> None:
-    from importer.registry.client import parse_url
+    from shared.registry.client import parse_url
 
     assert parse_url("docker://harbor.example.com") == "https://harbor.example.com"
     assert parse_url("harbor.example.com:8443/") == "https://harbor.example.com:8443"

@@ -37,19 +37,16 @@ import httpx
 
 from shared.digest import CHUNK
 from shared.errors import RegistryError
-from shared.manifest import MANIFEST_TYPES, SCHEMA1_TYPES, ManifestError, MediaType
+from shared.manifest import SCHEMA1_TYPES, ManifestError, MediaType
 from shared.model import Catalog, Manifest
 from shared.progress import Progress, ProgressCallback, no_progress
+from shared.registry.client import MANIFEST_ACCEPT, RegistryClient, error_from, with_retries
 from shared.storage.fs import Extent, ExtentsReader
 from shared.store import BlobContent, SinkResult
 
 from .. import schema1
-from .client import RegistryClient, error_from, with_retries
 
 log = logging.getLogger(__name__)
-
-#: what a manifest HEAD or GET accepts: every kind a bundle can hold
-MANIFEST_ACCEPT = {"Accept": ", ".join(sorted(MANIFEST_TYPES))}
 
 SCHEMA1_REASON = (
     "schema 1 manifest: the bundle holds it as stored (unsigned) and registries only accept it signed; "
@@ -891,4 +888,4 @@ def _describe(e: Exception, repo: str) -> str:
     return f"{repo}: {e}"
 
 
-__all__ = ["MANIFEST_ACCEPT", "SCHEMA1_REASON", "PushStats", "RegistrySink", "referred_to"]
+__all__ = ["SCHEMA1_REASON", "PushStats", "RegistrySink", "referred_to"]

@@ -15,9 +15,9 @@ from bundler.export import ExportOptions
 from bundler.export import run as export
 from ferry.cli import app
 from importer.names import map_names
-from importer.registry.client import ClientConfig, Credentials, RegistryClient
 from shared.bundle.reader import Bundle
 from shared.manifest import MANIFEST_TYPES, SCHEMA1_TYPES
+from shared.registry.client import ClientConfig, Credentials, RegistryClient
 from shared.storage.reader import Selection
 from tests.support.realharbor import RealHarbor
 from tests.support.zoo import Zoo

@@ -20,10 +20,10 @@ from importer.diff import run as diff
 from importer.names import map_names
 from importer.push import PushOptions, PushResult
 from importer.push import run as push
-from importer.registry.client import Credentials
 from shared.bundle.reader import Bundle
 from shared.errors import RegistryError
 from shared.model import Catalog
+from shared.registry.client import Credentials
 from shared.storage.reader import Selection
 from tests.support.harborcheck import check
 from tests.support.realharbor import MAINTAINER, RealHarbor

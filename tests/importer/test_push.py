@@ -17,11 +17,11 @@ from bundler.export import ExportOptions
 from bundler.export import run as export
 from importer.push import PushOptions, PushResult, map_names
 from importer.push import run as push
-from importer.registry.client import Credentials
 from shared.bundle.reader import Bundle
 from shared.errors import AuthError, RegistryUnreachable, UsageError
 from shared.manifest import SCHEMA1_TYPES
 from shared.progress import Progress
+from shared.registry.client import Credentials
 from shared.storage.reader import Selection
 from tests.support.harbor import HarborStandIn, TokenIssuer
 from tests.support.proxy import FaultPlan, Proxy

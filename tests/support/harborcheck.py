@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from importer.names import map_names
-from importer.registry.client import ClientConfig, Credentials, RegistryClient
 from shared.bundle.reader import Bundle
 from shared.manifest import INDEX_TYPES, MANIFEST_TYPES, SCHEMA1_TYPES
 from shared.model import Catalog
+from shared.registry.client import ClientConfig, Credentials, RegistryClient
 
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 SIG_TAG = re.compile(r"^sha256-([0-9a-f]{64})\.sig$")

@@ -16,6 +16,7 @@ import base64
 import http.cookiejar
 import json
 import logging
+import os
 import random
 import re
 import socket
@@ -26,11 +27,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import httpx
 
-from shared.errors import AuthError, Diagnostic, RegistryError, RegistryUnreachable, UsageError
+from ..errors import AuthError, Diagnostic, RegistryError, RegistryUnreachable, UsageError
+from ..manifest import MANIFEST_TYPES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -450,6 +453,77 @@ def _read_head_response(f: BinaryIO) -> tuple[int, str | None, bool]:
     return status, digest, close
 
 
+#: what a manifest HEAD or GET accepts: every kind a bundle can hold
+MANIFEST_ACCEPT = {"Accept": ", ".join(sorted(MANIFEST_TYPES))}
+
+
+def credentials_from(url: str, username: str | None, password: str | None) -> Credentials | None:
+    """``--username`` + password, else FERRY_REGISTRY_USERNAME/PASSWORD, else the docker config's auth."""
+    if username and password is not None:
+        return Credentials(username, password)
+    env_user, env_pw = os.environ.get("FERRY_REGISTRY_USERNAME"), os.environ.get("FERRY_REGISTRY_PASSWORD")
+    if env_user and env_pw is not None:
+        return Credentials(env_user, env_pw)
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    cfg = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    try:
+        auths = json.loads(cfg.read_text()).get("auths", {})
+    except (OSError, ValueError):
+        return None
+    for key, entry in auths.items():
+        if key.split("://", 1)[-1].split("/", 1)[0] == host and entry.get("auth"):
+            user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
+            return Credentials(user, pw)
+    return None
+
+
+def connect(client: RegistryClient, *, retries: int, backoff: float) -> httpx.Response:
+    """The first contact, the same for every command: one authenticated ``GET /v2/`` (retried as
+    ``retries`` says) that proves the URL, TLS, credentials and that the other side speaks the V2 API."""
+    ping = with_retries(
+        lambda: client.request("GET", client.url("/v2/"), expect=(200,), what=f"connect to {client.base}"),
+        attempts=retries,
+        backoff=backoff,
+        what="ping",
+    )
+    check_speaks_v2(ping, client.base)
+    return ping
+
+
+def check_speaks_v2(r: httpx.Response, registry: str) -> None:
+    """Refuse a target that answered ``/v2/`` but is no registry (a web server, a login page): planning
+    against it would report nothing to upload.  A registry says ``Docker-Distribution-API-Version`` or
+    answers with a JSON body."""
+    if r.headers.get("Docker-Distribution-API-Version", "").lower().startswith("registry/2"):
+        return
+    try:
+        if isinstance(json.loads(r.content or b"null"), dict):
+            return
+    except ValueError:
+        pass
+    kind = r.headers.get("Content-Type", "unknown content").split(";", 1)[0]
+    raise RegistryError(
+        f"{registry} answered GET /v2/ with 200 ({kind}) but does not speak the Registry V2 API",
+        status=r.status_code,
+        method="GET",
+        url=f"{registry}/v2/",
+        hint="Check the URL: it must be the registry itself (Harbor: its external URL), not a web page or a proxy's login.",
+    )
+
+
+def detect_harbor(client: RegistryClient) -> str | None:
+    try:
+        r = client.http.get(client.url("/api/v2.0/systeminfo"), timeout=30)
+    except Exception:
+        return None
+    if r.status_code == 200:
+        try:
+            return str(r.json().get("harbor_version") or "unknown")
+        except ValueError:
+            return None
+    return None
+
+
 def _transport_error(e: Exception, method: str, url: str, what: str) -> RegistryError:
     text = str(e)
     if "CERTIFICATE" in text.upper() or "SSL" in text.upper() or "TLS" in text.upper():
@@ -517,10 +591,15 @@ def with_retries(
 
 
 __all__ = [
+    "MANIFEST_ACCEPT",
     "ClientConfig",
     "Credentials",
     "RegistryAuth",
     "RegistryClient",
+    "check_speaks_v2",
+    "connect",
+    "credentials_from",
+    "detect_harbor",
     "error_from",
     "parse_url",
     "redact",
