@@ -25,10 +25,13 @@ from shared.bundle.tario import BundleOutput
 from shared.bundle.writer import BundleSink
 from shared.delta import BaseSet, make_delta, merge
 from shared.errors import BrokenImages, DiskFull, OutputError, SourceChanged, SourceUnreadable, UsageError
-from shared.model import Base, Skipped, TagChange
+from shared.model import Base, Catalog, Skipped, TagChange
 from shared.progress import ProgressCallback, no_progress
+from shared.registry.client import ClientConfig, RegistryClient, connect, redact
+from shared.registry.source import RegistryScanOptions, RegistrySource, scan_registry
 from shared.storage.fs import TarFS, TreeFS, open_tree
 from shared.storage.reader import ScanOptions, ScanResult, Selection, TreeSource, scan
+from shared.store import ImageSource
 from shared.transfer import copy
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,14 @@ class ExportOptions:
     receipt: Path | None = None
     #: continue from ``OUTPUT.partial`` (or its partial volumes), keeping the members that check out
     resume: bool = False
+    #: read a live registry over the V2 API instead of the storage tree at ``root``
+    registry: ClientConfig | None = None
+    #: repositories to read when the registry does not list them (one per line)
+    repos_from: Path | None = None
+    retries: int = 5
+    backoff: float = 0.5
+    #: requests (manifests, downloads) in flight against a registry source
+    api_jobs: int = 8
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,8 @@ class ExportResult:
     #: members kept from an interrupted export (``--resume``), and their bytes
     resumed: int = 0
     resumed_bytes: int = 0
+    #: said once, for the user (what an API export cannot see)
+    notes: tuple[str, ...] = ()
 
     def count(self, kind: str) -> int:
         return sum(1 for c in self.changes if c.kind == kind)
@@ -96,6 +109,7 @@ class ExportResult:
             "tagsGone": self.count("gone"),
             "resumed": self.resumed,
             "resumedBytes": self.resumed_bytes,
+            "notes": list(self.notes),
             "repositories": self.repositories,
             "tags": self.tags,
             "untagged": self.untagged,
@@ -126,16 +140,20 @@ class _Identity:
         return cls(uuid.uuid4().hex, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), int(now))
 
 
-def _info(opts: ExportOptions, fs: TreeFS, ident: _Identity) -> BundleInfo:
+def _tree_source(opts: ExportOptions, fs: TreeFS) -> dict[str, str]:
+    return {
+        "kind": "tar" if isinstance(fs, TarFS) else "directory",
+        "path": os.path.abspath(opts.root),
+        "host": socket.gethostname(),
+    }
+
+
+def _info(opts: ExportOptions, source: dict[str, str], ident: _Identity) -> BundleInfo:
     sel = opts.selection
     return BundleInfo(
         ferry_version=__version__,
         created=ident.created,
-        source={
-            "kind": "tar" if isinstance(fs, TarFS) else "directory",
-            "path": os.path.abspath(opts.root),
-            "host": socket.gethostname(),
-        },
+        source=source,
         options={
             "untagged": sel.untagged,
             "include": list(sel.include),
@@ -149,8 +167,8 @@ def _info(opts: ExportOptions, fs: TreeFS, ident: _Identity) -> BundleInfo:
 
 def _write(
     opts: ExportOptions,
-    result: ScanResult,
-    fs: TreeFS,
+    source: ImageSource,
+    described: dict[str, str],
     on_progress: ProgressCallback,
     ident: _Identity,
     point: ResumePoint | None,
@@ -159,9 +177,9 @@ def _write(
     out.resumable = opts.output is not None
     if point is not None:
         out.resume(point.paths, point.pos)
-    sink = BundleSink(out, _info(opts, fs, ident), mtime=ident.mtime, resume=point)
+    sink = BundleSink(out, _info(opts, described, ident), mtime=ident.mtime, resume=point)
     try:
-        copy(TreeSource(result), sink, on_progress=on_progress)
+        copy(source, sink, on_progress=on_progress)
     except DiskFull as e:
         if out.kept:
             e.hint = (
@@ -223,11 +241,10 @@ def _partial(opts: ExportOptions) -> Partial | None:
 
 
 def _resume_point(
-    opts: ExportOptions, result: ScanResult, fs: TreeFS, partial: Partial, ident: _Identity
+    opts: ExportOptions, catalog: Catalog, source: dict[str, str], partial: Partial, ident: _Identity
 ) -> ResumePoint | None:
-    catalog = result.catalog
     order = catalog.member_order()
-    index = encode_index(catalog, _info(opts, fs, ident), order)
+    index = encode_index(catalog, _info(opts, source, ident), order)
     point = check(partial, index, catalog, order, jobs=opts.jobs)
     if point is None:
         log.warning(
@@ -243,6 +260,8 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
     started = time.monotonic()
     if opts.receipt is not None and not opts.receipt.parent.is_dir():
         raise OutputError(f"--receipt {opts.receipt}: its directory does not exist")
+    if opts.registry is not None:
+        return _run_registry(opts, opts.registry, on_progress, started)
     partial = _partial(opts)
     bases = _bases(opts)
     ident = _Identity.new()
@@ -259,14 +278,14 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
     point = None
     if written:
         assert partial is not None
-        point = _resume_point(opts, result, fs, partial, ident)
+        point = _resume_point(opts, result.catalog, _tree_source(opts, fs), partial, ident)
         if point is None:  # another source, or other options: nothing of the partial is of use
             ident = _Identity.new()
             result, fs = _scan(
                 opts, on_progress, defer_hashing=defer, skip_broken=opts.skip_broken, bases=bases
             )
     try:
-        out, sink = _write(opts, result, fs, on_progress, ident, point)
+        out, sink = _write(opts, TreeSource(result), _tree_source(opts, fs), on_progress, ident, point)
     except (BrokenImages, SourceChanged, SourceUnreadable) as e:
         if isinstance(e, BrokenImages) and not opts.skip_broken:
             raise  # it names every broken image already
@@ -276,10 +295,22 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         log.info("%s; exporting again, checking every blob first", e.message)
         result, fs = _scan(opts, on_progress, defer_hashing=False, skip_broken=opts.skip_broken, bases=bases)
         ident, point = _Identity.new(), None
-        out, sink = _write(opts, result, fs, on_progress, ident, point)
+        out, sink = _write(opts, TreeSource(result), _tree_source(opts, fs), on_progress, ident, point)
+    return _result(opts, result.catalog, out, sink, ident, point, started)
+
+
+def _result(
+    opts: ExportOptions,
+    catalog: Catalog,
+    out: BundleOutput,
+    sink: BundleSink,
+    ident: _Identity,
+    point: ResumePoint | None,
+    started: float,
+    notes: tuple[str, ...] = (),
+) -> ExportResult:
     if opts.receipt is not None:
         write_receipt(opts.receipt, sink.index_data)
-    catalog = result.catalog
     carried = catalog.carried
     return ExportResult(
         files=tuple(out.files),
@@ -302,7 +333,52 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         receipt=opts.receipt,
         resumed=point.blobs if point is not None else 0,
         resumed_bytes=point.blob_bytes if point is not None else 0,
+        notes=notes,
     )
+
+
+def _run_registry(
+    opts: ExportOptions, config: ClientConfig, on_progress: ProgressCallback, started: float
+) -> ExportResult:
+    """Export from a live registry over the V2 API (see :mod:`shared.registry.source`)."""
+    partial = _partial(opts)
+    bases = _bases(opts)
+    ident = _Identity.new()
+    if partial is not None and partial.info.bundle_id is not None:
+        ident = _Identity(partial.info.bundle_id, partial.info.created, partial.mtime)
+    client = RegistryClient(config)
+    try:
+        connect(client, retries=opts.retries, backoff=opts.backoff)
+        scan_opts = RegistryScanOptions(
+            selection=opts.selection,
+            skip_broken=opts.skip_broken,
+            repos_from=opts.repos_from,
+            jobs=opts.api_jobs,
+            retries=opts.retries,
+            backoff=opts.backoff,
+        )
+        found = scan_registry(client, scan_opts, on_progress)
+        catalog = make_delta(found.catalog, bases) if bases is not None else found.catalog
+        found = dataclasses.replace(found, catalog=catalog)
+        described = {"kind": "registry", "url": redact(config.url), "host": socket.gethostname()}
+        point = None
+        if partial is not None:
+            point = _resume_point(opts, catalog, described, partial, ident)
+            if point is None:
+                ident = _Identity.new()
+        kept = frozenset(_digest_of(name) for name, _, _ in point.members) if point else frozenset()
+        source = RegistrySource(client, found, jobs=opts.api_jobs, retries=opts.retries, skip=kept)
+        out, sink = _write(opts, source, described, on_progress, ident, point)
+    finally:
+        client.close()
+    notes = (found.untagged_note,) if found.untagged_note else ()
+    for note in notes:
+        log.warning("%s", note)
+    return _result(opts, catalog, out, sink, ident, point, started, notes)
+
+
+def _digest_of(member: str) -> str:
+    return member.split("/", 1)[1].replace("/", ":", 1) if member.startswith("blobs/") else ""
 
 
 __all__ = ["ExportOptions", "ExportResult", "run"]

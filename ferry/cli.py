@@ -169,10 +169,11 @@ def parse_size(text: str, option: str = "--volume-size", minimum: int = 1) -> in
 @app.command()
 def export(
     root: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="The registry's root directory (holding docker/registry/v2), that v2 directory, "
-            "or an uncompressed tar of either (read in place).",
+            "an uncompressed tar of either (read in place), or a live registry: docker://HOST[:PORT], "
+            "https://… or http://… (read over the V2 API).",
             show_default=False,
         ),
     ],
@@ -237,7 +238,29 @@ def export(
             "volumes) that check out, then write the rest.",
         ),
     ] = False,
-    jobs: JobsOpt = 0,
+    repos_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--repos-from",
+            help="From a registry that does not list its repositories (/v2/_catalog refused): read these, "
+            "one per line.",
+            show_default=False,
+        ),
+    ] = None,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    ca_cert: CaCertOpt = None,
+    insecure: InsecureOpt = False,
+    retries: RetriesOpt = 5,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=0,
+            help="Hashing threads (0: one per core); from a registry, requests in flight (0: 8).",
+        ),
+    ] = 0,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -262,8 +285,31 @@ def export(
             raise UsageError(
                 f"-o {output}: is a directory; name the bundle file, e.g. {Path(output) / 'registry.tar'}"
             )
+        from shared.registry.client import ClientConfig
+
+        config = None
+        if root.startswith(("docker://", "http://", "https://")):
+            url, credentials = _registry_access(
+                root, username, password_stdin, ca_cert, insecure, bundle_on_stdin=False
+            )
+            config = ClientConfig(
+                url=url,
+                credentials=credentials,
+                ca_cert=str(ca_cert) if ca_cert else None,
+                insecure=insecure,
+                connections=max(8, 2 * (jobs or 8)),
+            )
+        elif username or password_stdin or ca_cert or insecure or repos_from:
+            raise UsageError(
+                "-u, --password-stdin, --ca-cert, --insecure and --repos-from are for a registry source "
+                "(docker://HOST, https://…)",
+            )
         opts = ExportOptions(
-            root=root,
+            root=Path(root),
+            registry=config,
+            repos_from=repos_from,
+            retries=retries,
+            api_jobs=jobs or 8,
             output=None if output == "-" else Path(output),
             selection=Selection(
                 include=tuple(include or ()), exclude=tuple(exclude or ()), untagged=untagged
@@ -303,6 +349,8 @@ def export(
             )
         if r.resumed:
             render.err.print(f"resumed: {r.resumed} members ({render.human(r.resumed_bytes)}) kept")
+        for note in r.notes:
+            render.err.print(f"[yellow]note[/]: {render.safe(note)}", soft_wrap=True)
         render.err.print(
             f"bundle id {r.bundle_id}" + (f", receipt {render.safe(str(r.receipt))}" if r.receipt else "")
         )

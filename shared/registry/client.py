@@ -73,7 +73,9 @@ class ClientConfig:
 
 
 class RegistryAuth(httpx.Auth):
-    requires_response_body = True  # token answers and error bodies are small; blobs are never downloaded
+    # not True: that reads every answer whole, a downloaded blob's too, before anyone streams it.  The
+    # token answer is read here; httpx reads an answer the flow answers with another request itself
+    requires_response_body = False
 
     def __init__(self, credentials: Credentials | None) -> None:
         self.credentials = credentials
@@ -135,6 +137,7 @@ class RegistryAuth(httpx.Auth):
         if self.credentials is not None:
             token_request.headers["Authorization"] = self._basic_header()
         token_response = yield token_request
+        token_response.read()
         if token_response.status_code != 200:
             return  # the original 401 stands and is reported
         try:

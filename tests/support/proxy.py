@@ -105,9 +105,9 @@ class Proxy:
                     self._body()
                     self._simple(int(fault), {"Retry-After": "1"} if fault == "429" else None)
                     return
-                self.forward(length)
+                self.forward(length, truncate=fault == "truncate")
 
-            def forward(self, length: int) -> None:
+            def forward(self, length: int, *, truncate: bool = False) -> None:
                 assert proxy.upstream is not None
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=300)
                 try:
@@ -135,6 +135,13 @@ class Proxy:
                     else:
                         self.send_header("Content-Length", str(len(data)))
                         self.end_headers()
+                        if truncate and len(data) > 1:
+                            # the answer breaks off halfway through its body: a dropped download
+                            self.wfile.write(data[: len(data) // 2])
+                            self.wfile.flush()
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
                         self.wfile.write(data)
                 finally:
                     conn.close()
