@@ -25,7 +25,6 @@ from importer.push import run as push
 from shared.bundle.reader import Bundle
 from shared.errors import RegistryError
 from shared.registry.client import ClientConfig, Credentials
-from shared.storage.reader import Selection
 from tests.support.checks import tags_of, validate_bundle
 from tests.support.proxy import FaultPlan, Proxy
 from tests.support.realharbor import RealHarbor
