@@ -7,6 +7,7 @@ details it carries and a hint) and its exit code; anything else is a bug and sho
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -478,6 +479,122 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
 # restore
 
 
+def _show_restore(r: RestoreResult, overwrite: bool = False) -> None:
+    p = r.plan
+    if r.dry_run:
+        render.out.print(
+            f"[bold]plan[/] for {render.safe(r.root)}: {p.repositories} repositories, {p.tags} tags; "
+            f"{p.blobs_to_write} blobs to write ({render.human(p.bytes_to_write)}), {p.blobs_present} already there"
+            + (
+                f"; tags elsewhere in the target ({'would move' if overwrite else 'kept; --overwrite moves them'}): "
+                f"{render.safe(', '.join(p.tags_to_move))}"
+                if p.tags_to_move
+                else ""
+            ),
+            soft_wrap=True,
+        )
+        if r.projects:
+            render.out.print(f"Harbor projects needed: {render.safe(', '.join(r.projects))}", soft_wrap=True)
+        return
+    for old, new in r.renamed:
+        render.err.print(f"[cyan]renamed[/] {render.safe(old)} → {render.safe(new)}", soft_wrap=True)
+    for tag, old, new in r.tags_moved:
+        render.err.print(f"[yellow]moved[/] {render.safe(tag)}: {old} → {new}", soft_wrap=True)
+    for tag, old, new in r.tags_kept:
+        render.err.print(
+            f"[red]conflict[/] {render.safe(tag)} is at {old} in the target; the bundle has {new}: "
+            "not moved (--overwrite moves it)",
+            soft_wrap=True,
+        )
+    render.err.print(
+        f"[green]restored[/] {p.repositories} repositories, {p.tags} tags into {render.safe(r.root)}: "
+        f"{r.blobs_written} blobs written ({render.human(r.bytes_written)}), {r.blobs_present} already there, "
+        f"{r.tags_written} tags written in {r.seconds:.1f}s",
+        soft_wrap=True,
+    )
+    if r.redis_keys_deleted is not None:
+        render.err.print(f"redis: {r.redis_keys_deleted} registry cache keys deleted (DB 1)")
+    if r.redis_dump_removed is not None:
+        render.err.print(f"redis dump {'removed' if r.redis_dump_removed else 'was not there'}")
+    if r.harbor is not None:
+        h = r.harbor
+        render.err.print(
+            f"Harbor {render.safe(h.version)}: projects created {render.safe(', '.join(h.created) or '-')}, "
+            f"existing {render.safe(', '.join(h.existing) or '-')}; "
+            f"syncregistry called{'; syncquota called' if h.synced_quota else ''}",
+            soft_wrap=True,
+        )
+    for o in r.orphans:
+        render.err.print(
+            f"[yellow]warning[/] {render.safe(o)}: no project component, Harbor will not list it",
+            soft_wrap=True,
+        )
+    for limit in r.harbor_limits:
+        render.err.print(f"[yellow]note[/]: {render.safe(limit)}", soft_wrap=True)
+    if r.next_steps:
+        render.err.print("[bold]next steps[/]:")
+        for i, step in enumerate(r.next_steps, 1):
+            render.err.print(f"  {i}. {render.safe(step)}", soft_wrap=True)
+
+
+def _show_push(r: PushResult, overwrite: bool = False) -> None:
+    if r.dry_run:
+        p: dict[str, Any] = r.plan
+        render.out.print(
+            f"[bold]plan[/] for {render.safe(r.registry)}{' (Harbor ' + render.safe(r.harbor) + ')' if r.harbor else ''}: "
+            f"{len(r.images)} images; {p['blobsToUpload']} blobs to upload ({render.human(float(p['bytesToUpload']))}), "
+            f"{p['blobsPresent']} already there; tags: {len(p['tagsToCreate'])} to create, "
+            f"{len(p['tagsToMove'])} elsewhere on the target, {len(p['tagsRight'])} already right"
+            + (
+                f"; projects to create: {render.safe(', '.join(r.projects_created))}"
+                if r.projects_created
+                else ""
+            ),
+            soft_wrap=True,
+        )
+        verb = "would move" if overwrite else "exists elsewhere, would be kept (--overwrite moves it)"
+        for m in p["tagsToMove"]:
+            render.out.print(
+                f"  [yellow]{verb}[/] {render.safe(m['ref'])}: target {m['target']}, bundle {m['bundle']}",
+                soft_wrap=True,
+            )
+        return
+    for project, message in sorted(r.refused.items()):
+        n = sum(1 for i in r.images if i.status == "failed" and i.ref.split("/", 1)[0] == project)
+        render.err.print(
+            f"[red]refused[/] account {render.safe(r.account or '(anonymous)')} may not push to project "
+            f"{render.safe(project)}: {n} image(s) not pushed (the registry said: {render.safe(message)})\n"
+            f"  [yellow]hint[/]: add {render.safe(r.account or 'the account')} to project {render.safe(project)} "
+            "as a Developer or Maintainer, or push with a robot account that has push permission in it",
+            soft_wrap=True,
+        )
+    for ref, target, bundle_digest in r.tags_moved:
+        render.err.print(f"[yellow]moved[/] {render.safe(ref)}: {target} → {bundle_digest}", soft_wrap=True)
+    for i in r.images:
+        if i.status == "failed" and i.ref.split("/", 1)[0] in r.refused:
+            continue  # said once per project, above
+        if i.status != "pushed":
+            colour = "red" if i.status in ("failed", "conflict") else "yellow"
+            render.err.print(
+                f"[{colour}]{i.status}[/] {render.safe(i.ref)}: {render.safe(i.reason)}", soft_wrap=True
+            )
+        elif i.pushed_digest:
+            render.err.print(
+                f"[cyan]converted[/] {render.safe(i.ref)}: {i.digest} → {i.pushed_digest}", soft_wrap=True
+            )
+    d = r.to_dict()
+    render.err.print(
+        f"[{'green' if not r.failed else 'red'}]pushed[/] {d['pushed']} images, {d['skipped']} skipped, "
+        f"{d['failed']} failed"
+        + (f", {d['conflicts']} tags kept where the target had them" if d["conflicts"] else "")
+        + f" → {render.safe(r.registry)}: {r.blobs_uploaded} blobs uploaded ({render.human(r.bytes_uploaded)}), "
+        f"{r.blobs_mounted} mounted, {r.blobs_present} already there"
+        + (f"; projects created: {render.safe(', '.join(r.projects_created))}" if r.projects_created else "")
+        + f" in {r.seconds:.1f}s",
+        soft_wrap=True,
+    )
+
+
 def parse_owner(text: str) -> Owner | None:
     from shared.storage.writer import Owner
 
@@ -605,66 +722,9 @@ def restore(
         with render.progress(not quiet and not as_json) as on_progress:
             return run_restore(opts, stdin=sys.stdin.buffer, on_progress=on_progress)
 
-    def show(r: RestoreResult) -> None:
-        p = r.plan
-        if r.dry_run:
-            render.out.print(
-                f"[bold]plan[/] for {render.safe(r.root)}: {p.repositories} repositories, {p.tags} tags; "
-                f"{p.blobs_to_write} blobs to write ({render.human(p.bytes_to_write)}), {p.blobs_present} already there"
-                + (
-                    f"; tags elsewhere in the target ({'would move' if overwrite else 'kept; --overwrite moves them'}): "
-                    f"{render.safe(', '.join(p.tags_to_move))}"
-                    if p.tags_to_move
-                    else ""
-                ),
-                soft_wrap=True,
-            )
-            if r.projects:
-                render.out.print(
-                    f"Harbor projects needed: {render.safe(', '.join(r.projects))}", soft_wrap=True
-                )
-            return
-        for old, new in r.renamed:
-            render.err.print(f"[cyan]renamed[/] {render.safe(old)} → {render.safe(new)}", soft_wrap=True)
-        for tag, old, new in r.tags_moved:
-            render.err.print(f"[yellow]moved[/] {render.safe(tag)}: {old} → {new}", soft_wrap=True)
-        for tag, old, new in r.tags_kept:
-            render.err.print(
-                f"[red]conflict[/] {render.safe(tag)} is at {old} in the target; the bundle has {new}: "
-                "not moved (--overwrite moves it)",
-                soft_wrap=True,
-            )
-        render.err.print(
-            f"[green]restored[/] {p.repositories} repositories, {p.tags} tags into {render.safe(r.root)}: "
-            f"{r.blobs_written} blobs written ({render.human(r.bytes_written)}), {r.blobs_present} already there, "
-            f"{r.tags_written} tags written in {r.seconds:.1f}s",
-            soft_wrap=True,
-        )
-        if r.redis_keys_deleted is not None:
-            render.err.print(f"redis: {r.redis_keys_deleted} registry cache keys deleted (DB 1)")
-        if r.redis_dump_removed is not None:
-            render.err.print(f"redis dump {'removed' if r.redis_dump_removed else 'was not there'}")
-        if r.harbor is not None:
-            h = r.harbor
-            render.err.print(
-                f"Harbor {render.safe(h.version)}: projects created {render.safe(', '.join(h.created) or '-')}, "
-                f"existing {render.safe(', '.join(h.existing) or '-')}; "
-                f"syncregistry called{'; syncquota called' if h.synced_quota else ''}",
-                soft_wrap=True,
-            )
-        for o in r.orphans:
-            render.err.print(
-                f"[yellow]warning[/] {render.safe(o)}: no project component, Harbor will not list it",
-                soft_wrap=True,
-            )
-        for limit in r.harbor_limits:
-            render.err.print(f"[yellow]note[/]: {render.safe(limit)}", soft_wrap=True)
-        if r.next_steps:
-            render.err.print("[bold]next steps[/]:")
-            for i, step in enumerate(r.next_steps, 1):
-                render.err.print(f"  {i}. {render.safe(step)}", soft_wrap=True)
-
-    result = _execute(go, as_json=as_json, quiet=quiet, show=show)
+    result = _execute(
+        go, as_json=as_json, quiet=quiet, show=functools.partial(_show_restore, overwrite=overwrite)
+    )
     if result.tags_kept:
         raise typer.Exit(1)
 
@@ -798,71 +858,167 @@ def push(
             result = run_push(opts, stdin=sys.stdin.buffer, on_progress=on_progress)
         return result
 
-    def show(r: PushResult) -> None:
-        if r.dry_run:
-            p: dict[str, Any] = r.plan
-            render.out.print(
-                f"[bold]plan[/] for {render.safe(r.registry)}{' (Harbor ' + render.safe(r.harbor) + ')' if r.harbor else ''}: "
-                f"{len(r.images)} images; {p['blobsToUpload']} blobs to upload ({render.human(float(p['bytesToUpload']))}), "
-                f"{p['blobsPresent']} already there; tags: {len(p['tagsToCreate'])} to create, "
-                f"{len(p['tagsToMove'])} elsewhere on the target, {len(p['tagsRight'])} already right"
-                + (
-                    f"; projects to create: {render.safe(', '.join(r.projects_created))}"
-                    if r.projects_created
-                    else ""
-                ),
-                soft_wrap=True,
+    result = _execute(
+        go, as_json=as_json, quiet=quiet, show=functools.partial(_show_push, overwrite=overwrite)
+    )
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def copy(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A storage tree (directory or tar), a bundle, or a live registry (docker://HOST, https://…).",
+            show_default=False,
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A registry URL (pushed as `ferry push` does) or a storage root (written as `ferry restore`).",
+            show_default=False,
+        ),
+    ],
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Only images matching this glob.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Leave out images matching this glob.")
+    ] = None,
+    skip_broken: Annotated[
+        bool, typer.Option("--skip-broken", help="Copy the intact images, report the broken ones.")
+    ] = False,
+    repos_from: Annotated[
+        Path | None,
+        typer.Option("--repos-from", help="Repositories of a source registry that does not list them."),
+    ] = None,
+    src_username: Annotated[
+        str | None,
+        typer.Option(
+            "--src-username",
+            help="Source registry user; the password from FERRY_SOURCE_PASSWORD (or the docker config).",
+        ),
+    ] = None,
+    src_ca_cert: Annotated[
+        Path | None, typer.Option("--src-ca-cert", help="CA bundle for the source's TLS.")
+    ] = None,
+    src_insecure: Annotated[
+        bool, typer.Option("--src-insecure", help="Do not verify the source registry's TLS certificate.")
+    ] = False,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    ca_cert: CaCertOpt = None,
+    insecure: InsecureOpt = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Requests in flight on each side.")] = 8,
+    retries: RetriesOpt = 5,
+    harbor: HarborOpt = None,
+    default_project: Annotated[
+        str, typer.Option("--default-project", help="Harbor project for one-level names.")
+    ] = "library",
+    map_: MapOpt = None,
+    overwrite: OverwriteOpt = False,
+    owner: Annotated[
+        str, typer.Option("--owner", help="Into a storage root: UID:GID of what is written, or 'keep'.")
+    ] = "10000:10000",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="The plan against the live target.")] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy straight from a source into a target, no bundle in between, when both are reachable.
+
+    The push (or restore) flow of ferry: exact digests, every index child, mounts, resume on rerun, tags
+    last, and the same report. Exits 1 if any image failed or a tag was kept.
+    """
+    registry_target = target.startswith(("docker://", "http://", "https://"))
+
+    def go() -> PushResult | RestoreResult:
+        from importer.copy import CopyOptions
+        from importer.copy import run as run_copy
+        from importer.push import PushOptions
+        from importer.restore import RestoreOptions
+        from shared.registry.client import ClientConfig, credentials_from, parse_url, ssl_context
+        from shared.storage.reader import Selection
+
+        src_config = None
+        if source.startswith(("docker://", "http://", "https://")):
+            src_url = parse_url(source, option="SOURCE")
+            ssl_context(str(src_ca_cert) if src_ca_cert else None, src_insecure, option="--src-ca-cert")
+            pw = os.environ.get("FERRY_SOURCE_PASSWORD") if src_username else None
+            if src_username and pw is None:
+                raise UsageError("--src-username needs FERRY_SOURCE_PASSWORD (never a password in argv)")
+            src_config = ClientConfig(
+                url=src_url,
+                credentials=credentials_from(source, src_username, pw, env="FERRY_SOURCE"),
+                ca_cert=str(src_ca_cert) if src_ca_cert else None,
+                insecure=src_insecure,
+                connections=max(8, 2 * jobs),
             )
-            verb = "would move" if overwrite else "exists elsewhere, would be kept (--overwrite moves it)"
-            for m in p["tagsToMove"]:
-                render.out.print(
-                    f"  [yellow]{verb}[/] {render.safe(m['ref'])}: target {m['target']}, bundle {m['bundle']}",
-                    soft_wrap=True,
-                )
-            return
-        for project, message in sorted(r.refused.items()):
-            n = sum(1 for i in r.images if i.status == "failed" and i.ref.split("/", 1)[0] == project)
-            render.err.print(
-                f"[red]refused[/] account {render.safe(r.account or '(anonymous)')} may not push to project "
-                f"{render.safe(project)}: {n} image(s) not pushed (the registry said: {render.safe(message)})\n"
-                f"  [yellow]hint[/]: add {render.safe(r.account or 'the account')} to project {render.safe(project)} "
-                "as a Developer or Maintainer, or push with a robot account that has push permission in it",
-                soft_wrap=True,
+        elif not Path(source).exists() and not Path(source + ".000").exists():
+            raise UsageError(
+                f"{source}: no such storage tree or bundle (a registry is docker://HOST or https://…)"
             )
-        for ref, target, bundle_digest in r.tags_moved:
-            render.err.print(
-                f"[yellow]moved[/] {render.safe(ref)}: {target} → {bundle_digest}", soft_wrap=True
+        push_opts = restore_opts = None
+        if registry_target:
+            url, credentials = _registry_access(
+                target, username, password_stdin, ca_cert, insecure, bundle_on_stdin=False
             )
-        for i in r.images:
-            if i.status == "failed" and i.ref.split("/", 1)[0] in r.refused:
-                continue  # said once per project, above
-            if i.status != "pushed":
-                colour = "red" if i.status in ("failed", "conflict") else "yellow"
-                render.err.print(
-                    f"[{colour}]{i.status}[/] {render.safe(i.ref)}: {render.safe(i.reason)}", soft_wrap=True
-                )
-            elif i.pushed_digest:
-                render.err.print(
-                    f"[cyan]converted[/] {render.safe(i.ref)}: {i.digest} → {i.pushed_digest}", soft_wrap=True
-                )
-        d = r.to_dict()
-        render.err.print(
-            f"[{'green' if not r.failed else 'red'}]pushed[/] {d['pushed']} images, {d['skipped']} skipped, "
-            f"{d['failed']} failed"
-            + (f", {d['conflicts']} tags kept where the target had them" if d["conflicts"] else "")
-            + f" → {render.safe(r.registry)}: {r.blobs_uploaded} blobs uploaded ({render.human(r.bytes_uploaded)}), "
-            f"{r.blobs_mounted} mounted, {r.blobs_present} already there"
-            + (
-                f"; projects created: {render.safe(', '.join(r.projects_created))}"
-                if r.projects_created
-                else ""
+            push_opts = PushOptions(
+                bundle=source,
+                registry=url,
+                credentials=credentials,
+                ca_cert=str(ca_cert) if ca_cert else None,
+                insecure=insecure,
+                jobs=jobs,
+                retries=retries,
+                harbor=harbor,
+                default_project=default_project,
+                maps=parse_map(map_),
+                dry_run=dry_run,
+                overwrite=overwrite,
             )
-            + f" in {r.seconds:.1f}s",
-            soft_wrap=True,
+        else:
+            if username or password_stdin or ca_cert or insecure:
+                raise UsageError("-u, --password-stdin, --ca-cert and --insecure are for a registry target")
+            restore_opts = RestoreOptions(
+                bundle=source,
+                root=Path(target),
+                owner=parse_owner(owner),
+                jobs=0,
+                dry_run=dry_run,
+                overwrite=overwrite,
+                maps=parse_map(map_),
+                default_project=default_project,
+            )
+        opts = CopyOptions(
+            source=source,
+            source_registry=src_config,
+            selection=Selection(include=tuple(include or ()), exclude=tuple(exclude or ())),
+            skip_broken=skip_broken,
+            repos_from=repos_from,
+            retries=retries,
+            jobs=jobs,
+            push=push_opts,
+            restore=restore_opts,
         )
+        with render.progress(not quiet and not as_json) as on_progress:
+            return run_copy(opts, on_progress=on_progress)
+
+    def show(r: PushResult | RestoreResult) -> None:
+        from importer.push import PushResult as Pushed
+
+        if isinstance(r, Pushed):
+            _show_push(r, overwrite)
+        else:
+            _show_restore(r, overwrite)
 
     result = _execute(go, as_json=as_json, quiet=quiet, show=show)
-    if result.failed:
+    from importer.push import PushResult as Pushed
+
+    if (isinstance(result, Pushed) and result.failed) or (
+        not isinstance(result, Pushed) and result.tags_kept
+    ):
         raise typer.Exit(1)
 
 

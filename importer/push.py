@@ -31,6 +31,7 @@ from shared.registry.client import (
     detect_harbor,
     with_retries,
 )
+from shared.store import ImageSource
 from shared.transfer import copy
 
 from .names import map_names
@@ -244,8 +245,13 @@ def outcomes(catalog: Catalog, names: dict[str, str], sink: RegistrySink | None)
 
 
 def run(
-    opts: PushOptions, *, stdin: BinaryIO | None = None, on_progress: ProgressCallback = no_progress
+    opts: PushOptions,
+    *,
+    stdin: BinaryIO | None = None,
+    on_progress: ProgressCallback = no_progress,
+    source: ImageSource | None = None,
 ) -> PushResult:
+    """``source``: any image source instead of the bundle ``opts.bundle`` names (``ferry copy``)."""
     started = time.monotonic()
     cpu0 = _cpu()
     client = RegistryClient(
@@ -257,7 +263,9 @@ def run(
             connections=max(4, opts.jobs * 2),
         )
     )
-    source = open_source(opts.bundle, stdin)
+    opened = open_source(opts.bundle, stdin) if source is None else None
+    source = source if source is not None else opened
+    assert source is not None
     try:
         catalog = source.catalog
         harbor, names = open_target(
@@ -313,7 +321,8 @@ def run(
             )
         copy(source, sink, on_progress=no_progress)
     finally:
-        source.close()
+        if opened is not None:
+            opened.close()
         client.close()
     s = sink.stats
     return PushResult(

@@ -29,6 +29,7 @@ from shared.storage.writer import (
     existing_blobs,
     tag_target,
 )
+from shared.store import ImageSource
 from shared.transfer import copy
 
 from . import harbor1
@@ -175,8 +176,13 @@ def _check_owner(owner: Owner | None) -> None:
 
 
 def run(
-    opts: RestoreOptions, *, stdin: BinaryIO | None = None, on_progress: ProgressCallback = no_progress
+    opts: RestoreOptions,
+    *,
+    stdin: BinaryIO | None = None,
+    on_progress: ProgressCallback = no_progress,
+    source: ImageSource | None = None,
 ) -> RestoreResult:
+    """``source``: any image source instead of the bundle ``opts.bundle`` names (``ferry copy``)."""
     started = time.monotonic()
     _check_owner(opts.owner if not opts.dry_run else None)
     if opts.redis_url:
@@ -188,7 +194,9 @@ def run(
         raise UsageError(
             f"--root {opts.root}: permission denied", hint="Run as a user who may write there."
         ) from None
-    source = open_source(opts.bundle, stdin)
+    opened = open_source(opts.bundle, stdin) if source is None else None
+    source = source if source is not None else opened
+    assert source is not None
     try:
         # Harbor 1.x cannot serve a one-level name (its token service answers 500): on a Harbor target
         # `alpine` lands as `library/alpine`, as push does; without one, names stay as they are
@@ -238,7 +246,8 @@ def run(
             raise
         claim.release()
     finally:
-        source.close()
+        if opened is not None:
+            opened.close()
 
     s = sink.stats
     try:

@@ -79,7 +79,8 @@ class PushStats:
 
 
 class _Body:
-    """Re-readable blob bytes: the bundle's extents, or a spooled copy of a stream."""
+    """Re-readable blob bytes: the source's own bytes, the bundle's extents, or a spooled copy of a
+    stream."""
 
     def __init__(self, content: BlobContent) -> None:
         self.content = content
@@ -93,6 +94,10 @@ class _Body:
 
     def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         end = self.content.size if end is None else end
+        if self.content.data is not None:  # bytes the source holds already (a small blob it checked)
+            for at in range(start, end, CHUNK):
+                yield self.content.data[at : min(end, at + CHUNK)]
+            return
         f: BinaryIO
         if self._spool is not None:
             f = self._spool

@@ -460,11 +460,14 @@ def _read_head_response(f: BinaryIO) -> tuple[int, str | None, bool]:
 MANIFEST_ACCEPT = {"Accept": ", ".join(sorted(MANIFEST_TYPES))}
 
 
-def credentials_from(url: str, username: str | None, password: str | None) -> Credentials | None:
-    """``--username`` + password, else FERRY_REGISTRY_USERNAME/PASSWORD, else the docker config's auth."""
+def credentials_from(
+    url: str, username: str | None, password: str | None, *, env: str = "FERRY_REGISTRY"
+) -> Credentials | None:
+    """``--username`` + password, else ENV_USERNAME/ENV_PASSWORD (``FERRY_REGISTRY_…``; the source of a
+    copy: ``FERRY_SOURCE_…``), else the docker config's auth for the host."""
     if username and password is not None:
         return Credentials(username, password)
-    env_user, env_pw = os.environ.get("FERRY_REGISTRY_USERNAME"), os.environ.get("FERRY_REGISTRY_PASSWORD")
+    env_user, env_pw = os.environ.get(f"{env}_USERNAME"), os.environ.get(f"{env}_PASSWORD")
     if env_user and env_pw is not None:
         return Credentials(env_user, env_pw)
     host = url.split("://", 1)[-1].split("/", 1)[0]
