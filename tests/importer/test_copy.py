@@ -70,7 +70,7 @@ def test_copy_into_a_registry(zoo: Zoo, reference: Path, tmp_path: Path, kind: s
 
 def test_copy_a_registry_into_a_storage_root(zoo: Zoo, reference: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
-    code, doc, err = _copy(zoo.registry.url, str(root), "--owner", "keep")
+    code, _doc, err = _copy(zoo.registry.url, str(root), "--owner", "keep")
     assert code == 0, err
     catalog = Bundle.open(reference).catalog
     assert_tree_consistent(root, catalog)
