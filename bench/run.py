@@ -266,6 +266,19 @@ def main() -> None:
             "benchmarking waves (a second wave on tags-5000, ferry diff over 5000 tags) ...", file=sys.stderr
         )
         results["waves"] = waves.run(tree, OUT / "waves-work", runs=min(RUNS, 3))
+    if not only or "api" in only.split(","):
+        from bench import api
+
+        for label, name in (("api-200", "push-200"), ("api-5000", "tags-5000")):
+            tree = OUT / f"{name}-tree"
+            if not (tree / ".facts.json").exists():
+                rm(tree)
+                subprocess.run([sys.executable, "-m", "bench.trees", name, str(tree)], check=True)
+            print(f"benchmarking {label} (export over the API, skopeo sync, copy) ...", file=sys.stderr)
+            big = label == "api-5000"
+            results[label] = api.run(
+                tree, OUT / f"{label}-work", runs=1 if big else min(RUNS, 3), copy=not big
+            )
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     report(results)
 
@@ -277,7 +290,7 @@ def report(results: dict[str, object]) -> None:
         f"{'verify':>8} {'openssl':>8} {'speedup':>8} {'restore':>8} {'tar-x+chown':>12} {'ratio':>6}"
     )
     for name, r in results.items():
-        if name in ("machine", "waves") or name.startswith(("push-", "harbor-")):
+        if name in ("machine", "waves") or name.startswith(("push-", "harbor-", "api-")):
             continue
         assert isinstance(r, dict)
         print(
@@ -319,6 +332,25 @@ def report(results: dict[str, object]) -> None:
         goals.append(
             (f"{name}: export + push at most 0.35x the seed scheme", r["end_to_end_vs_seed"] <= 0.35)
         )
+    for name in ("api-200", "api-5000"):
+        a = results.get(name)
+        if not isinstance(a, dict):
+            continue
+        print(
+            f"\n{name}: export over the API {a['api_export_s']}s ({a['api_export_MBps']} MB/s, peak "
+            f"{a['api_export_peak_MiB']} MiB), storage-tree export {a['tree_export_s']}s"
+            + (f", skopeo sync to dir: {a['skopeo_sync_dir_s']}s" if "skopeo_sync_dir_s" in a else "")
+            + (
+                f"; copy registry to registry {a['copy_s']}s vs skopeo sync {a['skopeo_sync_registry_s']}s "
+                f"({a['copy_vs_skopeo']}x)"
+                if "copy_s" in a
+                else ""
+            )
+        )
+        if name == "api-5000":
+            goals.append((f"{name}: API export peak memory < 300 MiB", a["api_export_peak_MiB"] < 300))
+        if "copy_vs_skopeo" in a:
+            goals.append((f"{name}: copy at most 0.5x skopeo sync", a["copy_vs_skopeo"] <= 0.5))
     w = results.get("waves")
     if isinstance(w, dict):
         print(

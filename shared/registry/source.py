@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,6 +292,12 @@ def scan_registry(
                     f = _Fetched(None, None, f.problem or f"the registry serves {got} for {d}")
                 fetched.setdefault(d, f)
                 pending += [(repo, c.digest) for c in (f.info.children if f.info else ())]
+        # with --untagged: what refers to an exported manifest (OCI 1.1 ``subject``: signatures, SBOMs),
+        # found through the referrers API where the registry has one; nothing else untagged can be seen
+        loose = _referrers(client, options, pool, by_repo, fetched, fetch) if sel.untagged else {}
+        for repo in list(loose):
+            if not sel.wants(repo, None):
+                del loose[repo]
         # foreign (non-distributable) layers are bundled only where the registry has their bytes, as the
         # storage-tree export does; registries usually do not (clients fetch them from their urls)
         foreign = sorted(
@@ -327,11 +333,85 @@ def scan_registry(
                     sizes[d] = int(resp.headers.get("Content-Length", "-1"))
     finally:
         pool.shutdown()
-    return _build(roots, tops, fetched, sizes, skipped, options, present)
+    # untagged roots after each repository's tags, by digest, as the storage-tree walk orders them
+    order: dict[str, int] = {}
+    for i, (repo, _) in enumerate(roots):
+        order[repo] = i
+    all_roots: list[tuple[str, str | None]] = list(roots)
+    all_tops = list(tops)
+    for repo in sorted(loose, key=lambda r: order.get(r, len(roots)), reverse=True):
+        at = order[repo] + 1 if repo in order else len(all_roots)
+        extra = sorted(loose[repo])
+        all_roots[at:at] = [(repo, None) for _ in extra]
+        all_tops[at:at] = [(d, fetched[d]) for d in extra]
+    return _build(all_roots, all_tops, fetched, sizes, skipped, options, present)
+
+
+def _referrers(
+    client: RegistryClient,
+    options: RegistryScanOptions,
+    pool: ThreadPoolExecutor,
+    by_repo: dict[str, set[str]],
+    fetched: dict[str, _Fetched],
+    fetch: Callable[[str, str], tuple[str | None, _Fetched]],
+) -> dict[str, set[str]]:
+    """repository -> the manifests that refer to one exported from it (and to those, to any depth), with
+    their children fetched; empty where the registry has no referrers API (distribution 2.8: a 404)."""
+
+    def ask(item: tuple[str, str]) -> list[str] | None:
+        repo, d = item
+        try:
+            r = client.request(
+                "GET",
+                client.url(f"/v2/{repo}/referrers/{d}"),
+                expect=(200, 404),
+                what=f"referrers of {repo}@{d}",
+                headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+            )
+        except RegistryError as e:
+            if e.status in (400, 401, 403, 405, 501):
+                return None
+            raise
+        if r.status_code == 404:
+            return None
+        try:
+            return [str(m["digest"]) for m in r.json().get("manifests") or []]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    found: dict[str, set[str]] = {}
+    frontier = [(repo, d) for repo in sorted(by_repo) for d in sorted(by_repo[repo])]
+    while frontier:
+        new: list[tuple[str, str]] = []
+        for (repo, _), refs in zip(frontier, pool.map(ask, frontier), strict=True):
+            if refs is None:
+                log.info("%s has no referrers API: only tags are exported", client.base)
+                return found
+            new += [(repo, x) for x in refs if x not in by_repo.setdefault(repo, set())]
+        new = list(dict.fromkeys(new))
+        pending = new
+        while pending:
+            got = list(pool.map(lambda rd: fetch(*rd), pending))
+            nxt = []
+            for (repo, d), (digest, f) in zip(pending, got, strict=True):
+                by_repo[repo].add(d)
+                if digest != d:
+                    f = _Fetched(None, None, f.problem or f"the registry serves {digest} for {d}")
+                fetched.setdefault(d, f)
+                nxt += [
+                    (repo, c.digest)
+                    for c in (f.info.children if f.info else ())
+                    if c.digest not in by_repo[repo]
+                ]
+            pending = list(dict.fromkeys(nxt))
+        for repo, d in new:
+            found.setdefault(repo, set()).add(d)
+        frontier = new
+    return found
 
 
 def _build(
-    roots: list[tuple[str, str]],
+    roots: list[tuple[str, str | None]],
     tops: list[tuple[str | None, _Fetched]],
     fetched: dict[str, _Fetched],
     sizes: dict[str, int],
@@ -346,7 +426,7 @@ def _build(
         return not b.foreign or b.digest in present
 
     broken: list[BrokenImage] = []
-    good: list[tuple[str, str, str, list[str]]] = []  # repo, tag, digest, closure
+    good: list[tuple[str, str | None, str, list[str]]] = []  # repo, tag (None: untagged), digest, closure
     for (repo, tag), (d, f) in zip(roots, tops, strict=True):
         if d is None or f.info is None:
             broken.append(
@@ -423,18 +503,20 @@ def _build(
         raise RegistryError(
             f"the registry does not say the size of {unknown[0]} (and {len(unknown) - 1} more)"
         )
-    by_repo: dict[str, list[tuple[str, str, list[str]]]] = {}
+    by_repo: dict[str, list[tuple[str | None, str, list[str]]]] = {}
     for repo, tag, d, closure in good:
         by_repo.setdefault(repo, []).append((tag, d, closure))
     repositories = []
     for name, rs in by_repo.items():
         held = dict.fromkeys(x for _, _, c in rs for x in c if x in manifests)
-        repositories.append(Repository(name, {t: d for t, d, _ in rs}, tuple(held), ()))
+        tags = {t: d for t, d, _ in rs if t is not None}
+        repositories.append(Repository(name, tags, tuple(held), tuple(d for t, d, _ in rs if t is None)))
     note = None
     if options.selection.untagged:
         note = (
-            "manifests no tag points to are invisible through the registry API and were not exported; "
-            "`ferry export` of the registry's storage tree (on its host) includes them with --untagged"
+            "manifests no tag points to are invisible through the registry API, except those that refer to "
+            "an exported one (found through the referrers API where the registry has it); the others were "
+            "not exported: `ferry export` of the registry's storage tree (on its host) includes them"
         )
     return RegistryScan(Catalog(tuple(repositories), manifests, blobs, tuple(skipped)), raw, where, note)
 

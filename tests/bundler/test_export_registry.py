@@ -25,6 +25,7 @@ from importer.push import run as push
 from shared.bundle.reader import Bundle
 from shared.errors import RegistryError
 from shared.registry.client import ClientConfig, Credentials
+from shared.storage.reader import Selection
 from tests.support.checks import tags_of, validate_bundle
 from tests.support.proxy import FaultPlan, Proxy
 from tests.support.realharbor import RealHarbor
@@ -204,3 +205,35 @@ def test_real_harbor_as_the_source(harbor29: RealHarbor, zoo: Zoo, tmp_path: Pat
     assert len(zoo.index_children["multi:latest"]) == len(
         catalog.manifests[zoo.served["multi"]["latest"]].children
     )
+
+
+def test_referrers_come_with_untagged_from_a_registry_that_has_the_api(
+    harbor29: RealHarbor, zoo: Zoo, tmp_path: Path
+) -> None:
+    """The zoo's SBOM refers to team/app:v1 (``subject``) and has no tag: Harbor 2.9's referrers API
+    finds it; docker-registry 2.8 has no such API, and the export says what it could not see."""
+    project = harbor29.project()
+    src = tmp_path / "app.tar"
+    export(
+        ExportOptions(root=zoo.root, output=src, selection=Selection(include=("team/app",), untagged=True))
+    )
+    creds = Credentials(harbor29.username, harbor29.password)
+    r = push(
+        PushOptions(
+            bundle=str(src), registry=harbor29.url, credentials=creds, maps=(("team/app", f"{project}/app"),)
+        )
+    )
+    assert not r.failed
+    out = tmp_path / "h.tar"
+    result = _api(
+        harbor29.url, out, credentials=creds, selection=Selection(include=(f"{project}/*",), untagged=True)
+    )
+    catalog = validate_bundle(out)
+    repo = next(x for x in catalog.repositories if x.name == f"{project}/app")
+    assert set(repo.untagged) == zoo.untagged["team/app"]
+    assert result.notes  # the other untagged manifests cannot be seen through the API
+    # the registry without the API: tags only, and the same note
+    plain = _api(
+        zoo.registry.url, tmp_path / "z.tar", selection=Selection(include=("team/app",), untagged=True)
+    )
+    assert plain.untagged == 0 and plain.notes
