@@ -4,9 +4,12 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 # Debian packages the tests drive for real: the registry, skopeo, redis, htpasswd, and what the real Harbor
 # builds in ../shared/harbor need beside them (PostgreSQL, openssl, curl, xz); setpriv (util-linux) drops
-# root's file-access override for the unreadable-source tests
+# root's file-access override for the unreadable-source tests; Ceph's radosgw is the real S3 server of
+# ../shared/s3 (registries on the s3 driver)
 SYSTEM_TOOLS := docker-registry:docker-registry skopeo:skopeo redis-server:redis-server htpasswd:apache2-utils \
-	openssl:openssl curl:curl xz:xz-utils setpriv:util-linux
+	openssl:openssl curl:curl xz:xz-utils setpriv:util-linux uuidgen:uuid-runtime
+# installed without their recommendations, as ../shared/s3/README.md says (64 MB instead of hundreds)
+S3_TOOLS := ceph-mon:ceph-mon ceph-osd:ceph-osd radosgw:radosgw ceph:ceph-common
 
 .PHONY: demo test lint bench venv system-deps clean
 
@@ -25,12 +28,19 @@ system-deps:
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	if [ -n "$$missing" ]; then \
+	s3=""; \
+	for pair in $(S3_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || s3="$$s3 $$pkg"; \
+	done; \
+	if [ -n "$$missing$$s3" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    echo "installing:$$missing$$s3"; \
+	    apt-get update -qq; \
+	    if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; fi; \
+	    if [ -n "$$s3" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$s3 >/dev/null || exit 1; fi; \
 	  else \
-	    echo "missing Debian packages:$$missing -- run: sudo apt-get install$$missing" >&2; exit 1; \
+	    echo "missing Debian packages:$$missing$$s3 -- run: sudo apt-get install$$missing$$s3" >&2; exit 1; \
 	  fi; \
 	fi
 

@@ -31,6 +31,7 @@ from shared.registry.client import ClientConfig, RegistryClient, connect, redact
 from shared.registry.source import RegistryScanOptions, RegistrySource, scan_registry
 from shared.storage.fs import TarFS, TreeFS, open_tree
 from shared.storage.reader import ScanOptions, ScanResult, Selection, TreeSource, scan
+from shared.storage.s3fs import S3FS, S3Config
 from shared.store import ImageSource
 from shared.transfer import copy
 
@@ -60,6 +61,9 @@ class ExportOptions:
     backoff: float = 0.5
     #: requests (manifests, downloads) in flight against a registry source
     api_jobs: int = 8
+    #: read the storage tree in an S3 bucket (``s3://BUCKET/PREFIX``) instead of ``root``
+    s3_url: str | None = None
+    s3: S3Config | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ class _Identity:
 
 
 def _tree_source(opts: ExportOptions, fs: TreeFS) -> dict[str, str]:
+    if opts.s3_url is not None:
+        return {"kind": "s3", "path": opts.s3_url, "host": socket.gethostname()}
     return {
         "kind": "tar" if isinstance(fs, TarFS) else "directory",
         "path": os.path.abspath(opts.root),
@@ -199,7 +205,7 @@ def _scan(
     bases: BaseSet | None,
     written: frozenset[str] = frozenset(),
 ) -> tuple[ScanResult, TreeFS]:
-    fs = open_tree(opts.root)
+    fs: TreeFS = S3FS(opts.s3_url, opts.s3 or S3Config()) if opts.s3_url is not None else open_tree(opts.root)
     log.info("scanning %s", fs.description)
     try:
         options = ScanOptions(

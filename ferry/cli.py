@@ -253,6 +253,26 @@ def export(
     ca_cert: CaCertOpt = None,
     insecure: InsecureOpt = False,
     retries: RetriesOpt = 5,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--s3-endpoint",
+            help="From s3://BUCKET/PREFIX: the S3 endpoint URL (else AWS_ENDPOINT_URL, else AWS). Credentials: "
+            "the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and ~/.aws files.",
+            show_default=False,
+        ),
+    ] = None,
+    s3_region: Annotated[str | None, typer.Option("--s3-region", help="S3 region (else AWS_REGION).")] = None,
+    s3_profile: Annotated[
+        str | None, typer.Option("--s3-profile", help="A profile of ~/.aws/credentials.")
+    ] = None,
+    s3_path_style: Annotated[
+        bool | None,
+        typer.Option(
+            "--s3-path-style/--s3-virtual-host",
+            help="Bucket addressing (default: path-style with a custom endpoint, as S3-compatible servers need).",
+        ),
+    ] = None,
     jobs: Annotated[
         int,
         typer.Option(
@@ -287,8 +307,23 @@ def export(
                 f"-o {output}: is a directory; name the bundle file, e.g. {Path(output) / 'registry.tar'}"
             )
         from shared.registry.client import ClientConfig
+        from shared.storage.s3fs import S3Config
 
         config = None
+        s3 = None
+        if root.startswith("s3://"):
+            s3 = S3Config(
+                endpoint=s3_endpoint,
+                region=s3_region,
+                profile=s3_profile,
+                path_style=s3_path_style,
+                ca_cert=str(ca_cert) if ca_cert else None,
+                insecure=insecure,
+            )
+        elif s3_endpoint or s3_region or s3_profile or s3_path_style is not None:
+            raise UsageError(
+                "--s3-endpoint, --s3-region, --s3-profile and --s3-path-style are for s3://BUCKET/PREFIX"
+            )
         if root.startswith(("docker://", "http://", "https://")):
             url, credentials = _registry_access(
                 root, username, password_stdin, ca_cert, insecure, bundle_on_stdin=False
@@ -300,7 +335,7 @@ def export(
                 insecure=insecure,
                 connections=max(8, 2 * (jobs or 8)),
             )
-        elif username or password_stdin or ca_cert or insecure or repos_from:
+        elif username or password_stdin or (s3 is None and (ca_cert or insecure)) or repos_from:
             raise UsageError(
                 "-u, --password-stdin, --ca-cert, --insecure and --repos-from are for a registry source "
                 "(docker://HOST, https://…)",
@@ -308,6 +343,8 @@ def export(
         opts = ExportOptions(
             root=Path(root),
             registry=config,
+            s3_url=root if s3 is not None else None,
+            s3=s3,
             repos_from=repos_from,
             retries=retries,
             api_jobs=jobs or 8,

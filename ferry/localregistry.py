@@ -43,6 +43,9 @@ class Registry:
     allow_foreign_urls: bool = True
     #: log every request (method, path, status) to ``log_path``: lets a test count what reached it
     access_log: bool = False
+    #: the s3 driver instead of the filesystem: regionendpoint, bucket, accesskey, secretkey, region,
+    #: rootdirectory (``root`` then only holds nothing)
+    s3: dict[str, str] | None = None
 
     @property
     def host(self) -> str:
@@ -58,7 +61,13 @@ class Registry:
             f"log: {{level: {os.environ.get('FERRY_REGISTRY_LOG', 'error')}, "
             f"accesslog: {{disabled: {'false' if self.access_log else 'true'}}}}}",
             "storage:",
-            f"  filesystem: {{rootdirectory: {self.root}}}",
+            (
+                "  s3: {"
+                + ", ".join(f"{k}: {v}" for k, v in self.s3.items())
+                + ", secure: false, v4auth: true}\n  redirect: {disable: true}"
+                if self.s3
+                else f"  filesystem: {{rootdirectory: {self.root}}}"
+            ),
             "  delete: {enabled: true}",
             f"http: {{addr: '127.0.0.1:{self.port}'}}",
         ]
@@ -81,8 +90,11 @@ class Registry:
         self.log_path = self._cfg_dir / "registry.log"
         with open(self.log_path, "wb") as log:
             # the access log goes to stdout
+            # AWS_CA_BUNDLE in the environment makes the s3 driver panic at start
+            env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
             self.proc = subprocess.Popen(
                 [REGISTRY_BIN, "serve", str(cfg)],
+                env=env,
                 stdout=log if self.access_log else subprocess.DEVNULL,
                 stderr=log,
             )

@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.realharbor import HarborUnavailable, RealHarbor
 from tests.support.realharbor import start as start_harbor
+from tests.support.s3 import S3Server, s3_server
 from tests.support.zoo import Zoo, build_zoo
 
 NEEDS = ("docker-registry", "skopeo")
@@ -71,3 +72,10 @@ def harbor27(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
 def harbor110(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
     """Real Harbor 1.10.19: the restore target."""
     yield from _real_harbor("v1.10.19", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3 server (Ceph radosgw, ../shared/s3/), one per session."""
+    with s3_server() as server:
+        yield server

@@ -18,12 +18,15 @@ the export with the complete list of what is wrong either way.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, cast
 
 from ..digest import Digest, digest_of, xxh3_of
 from ..errors import BrokenImage, BrokenImages, SourceUnreadable
@@ -59,6 +62,19 @@ MANIFEST_MAX = 32 << 20
 #: manifests: two thirds of a registry's files), up to KEEP_BUDGET bytes in all
 KEEP_MAX = 64 << 10
 KEEP_BUDGET = 64 << 20
+#: a tree that is not local (S3): blobs up to REMOTE_SMALL fetched ahead of the writer, REMOTE_AHEAD in all
+REMOTE_SMALL = 4 << 20
+REMOTE_AHEAD = 64 << 20
+
+
+class RemoteFS(Protocol):
+    """What a tree whose files are not local adds to :class:`TreeFS`: its content, by extent path."""
+
+    local: bool
+
+    def fetch(self, uri: str) -> bytes: ...
+
+    def open(self, uri: str) -> BinaryIO: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +127,8 @@ class ScanResult:
     pending: _Hasher | None = None
     #: digest -> bytes of small manifests and blobs already read while verifying them
     data: Mapping[str, bytes] = field(default_factory=dict)
+    #: the tree, when its files are not local (S3): content is fetched or streamed from it
+    remote: RemoteFS | None = None
 
 
 @dataclass
@@ -360,9 +378,13 @@ class _Hasher:
         *,
         background: bool = False,
         known: frozenset[str] = frozenset(),
+        blobs: bool = True,
     ) -> None:
         self._jobs_n = jobs
         self._known = known
+        #: hash blob files here (by path); False for a tree whose files are not local (S3): whoever
+        #: writes their bytes hashes them
+        self._blobs = blobs
         self._jobs: dict[str, HashJob] = {}
         self._later: list[HashJob] = []  # not sent to the child: for the threads
         self._pool: HashPool | None = None
@@ -378,7 +400,7 @@ class _Hasher:
         self._process = HashProcess(self._result) if background else None
 
     def add(self, digest: str, ext: Extent) -> None:
-        if digest in self._jobs or digest in self._known:
+        if digest in self._jobs or digest in self._known or not self._blobs:
             return
         self.total += ext.size
         keep = (
@@ -506,7 +528,10 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     roots: list[_Root] = []
     skipped: list[Skipped] = []
     jobs = options.jobs or os.cpu_count() or 1
-    hasher = _Hasher(jobs, on_progress, tree, background=options.defer_hashing, known=options.known)
+    local = getattr(fs, "local", True)
+    hasher = _Hasher(
+        jobs, on_progress, tree, background=options.defer_hashing and local, known=options.known, blobs=local
+    )
     try:
         _walk(tree, sel, roots, skipped, hasher, on_progress)
     except BaseException:
@@ -531,7 +556,8 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     skipped += [Skipped(b.repository, b.tag, b.digest or None, b.reason, b.missing) for b in broken]
 
     # deferred, nothing was collected yet: the kept bytes reach the copy through ``pending``
-    return _build(tree, good, skipped, blob_xxh3, hasher.data, tuple(broken), hasher if defer else None)
+    result = _build(tree, good, skipped, blob_xxh3, hasher.data, tuple(broken), hasher if defer else None)
+    return result if local else dataclasses.replace(result, remote=cast(RemoteFS, fs))
 
 
 def _build(
@@ -624,6 +650,9 @@ class TreeSource:
         self._result = result
 
     def contents(self) -> Iterator[BlobContent]:
+        if self._result.remote is not None:
+            yield from self._remote(self._result.remote)
+            return
         r, pending = self._result, self._result.pending
         order = self.catalog.member_order()  # a delta: without what its bases carried
         if pending is not None:
@@ -646,6 +675,52 @@ class TreeSource:
             pending.finish()
             if pending.bad:
                 raise BrokenImages(tuple(self._broken(pending.bad)))
+
+    def _remote(self, fs: RemoteFS) -> Iterator[BlobContent]:
+        """Content of a tree that is not local: manifests were read (and checked) by the walk; small
+        blobs are fetched a few at a time ahead of the writer, large ones streamed; the writer hashes
+        every blob (``verified=False``)."""
+        r = self._result
+        order = self.catalog.member_order()
+        pool = ThreadPoolExecutor(8, thread_name_prefix="ferry-fetch")
+        ahead: dict[str, Future[bytes]] = {}
+        held, nxt = 0, 0
+        try:
+            for i, d in enumerate(order):
+                ext = r.extents[d]
+                if d in self.catalog.manifests:
+                    data = r.data.get(d)
+                    yield BlobContent(
+                        d,
+                        ext.size,
+                        (),
+                        True,
+                        r.xxh3.get(d),
+                        data=data if data is not None else fs.fetch(ext.path),
+                    )
+                    continue
+                nxt = max(nxt, i)
+                while nxt < len(order) and (held < REMOTE_AHEAD or not ahead):
+                    x = order[nxt]
+                    nxt += 1
+                    e = r.extents[x]
+                    if x in self.catalog.blobs and e.size <= REMOTE_SMALL and x not in ahead:
+                        ahead[x] = pool.submit(fs.fetch, e.path)
+                        held += e.size
+                job = ahead.pop(d, None)
+                if job is not None:
+                    held -= ext.size
+                    yield BlobContent(d, ext.size, (), False, data=job.result())
+                    continue
+                stream = fs.open(ext.path)
+                try:
+                    yield BlobContent(d, ext.size, (), False, stream=stream)
+                finally:
+                    stream.close()
+        finally:
+            for f in ahead.values():
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _broken(self, bad: Mapping[str, str]) -> Iterator[BrokenImage]:
         for image in self.catalog.images():
