@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,14 +35,16 @@ def _sync_yaml(work: Path, host: str, repos: list[str]) -> Path:
 
 
 def _run(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS MiB of the process tree's largest member)."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    dt = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = p.stderr.read().decode() if p.stderr else ""
-        raise SystemExit(f"bench command failed: {' '.join(cmd)}\n{err[-3000:]}")
+    """(seconds, peak RSS MiB of the process tree's largest member).  stderr goes to a file: skopeo
+    writes a line per blob, which fills a pipe nobody reads until it exits."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, ru = os.wait4(p.pid, 0)
+        dt = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise SystemExit(f"bench command failed: {' '.join(cmd)}\n{err.read().decode()[-3000:]}")
     return dt, ru.ru_maxrss / 1024
 
 

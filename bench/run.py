@@ -279,6 +279,19 @@ def main() -> None:
             results[label] = api.run(
                 tree, OUT / f"{label}-work", runs=1 if big else min(RUNS, 3), copy=not big
             )
+    if not only or "s3" in only.split(","):
+        from bench import s3
+
+        for label, name in (("s3-200", "push-200"), ("s3-5000", "tags-5000")):
+            tree = OUT / f"{name}-tree"
+            if not (tree / ".facts.json").exists():
+                rm(tree)
+                subprocess.run([sys.executable, "-m", "bench.trees", name, str(tree)], check=True)
+            print(
+                f"benchmarking {label} (export from S3, from disk, skopeo via a registry on S3) ...",
+                file=sys.stderr,
+            )
+            results[label] = s3.run(tree, OUT / f"{label}-work")
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     report(results)
 
@@ -290,7 +303,7 @@ def report(results: dict[str, object]) -> None:
         f"{'verify':>8} {'openssl':>8} {'speedup':>8} {'restore':>8} {'tar-x+chown':>12} {'ratio':>6}"
     )
     for name, r in results.items():
-        if name in ("machine", "waves") or name.startswith(("push-", "harbor-", "api-")):
+        if name in ("machine", "waves") or name.startswith(("push-", "harbor-", "api-", "s3-")):
             continue
         assert isinstance(r, dict)
         print(
@@ -351,6 +364,23 @@ def report(results: dict[str, object]) -> None:
             goals.append((f"{name}: API export peak memory < 300 MiB", a["api_export_peak_MiB"] < 300))
         if "copy_vs_skopeo" in a:
             goals.append((f"{name}: copy at most 0.5x skopeo sync", a["copy_vs_skopeo"] <= 0.5))
+    for name in ("s3-200", "s3-5000"):
+        x = results.get(name)
+        if not isinstance(x, dict):
+            continue
+        print(
+            f"\n{name}: export from S3 {x['s3_export_s']}s ({x['s3_export_MBps']} MB/s, {x['s3_objects_per_s']} "
+            f"objects/s, peak {x['s3_export_peak_MiB']} MiB), from disk {x['disk_export_s']}s"
+            + (
+                f", skopeo via a registry on S3 {x['skopeo_s']}s ({x['ferry_speedup_vs_skopeo']}x)"
+                if "skopeo_s" in x
+                else ""
+            )
+        )
+        if "ferry_speedup_vs_skopeo" in x:
+            goals.append(
+                (f"{name}: export from S3 at least 3x the skopeo route", x["ferry_speedup_vs_skopeo"] >= 3)
+            )
     w = results.get("waves")
     if isinstance(w, dict):
         print(
