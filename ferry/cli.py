@@ -74,6 +74,24 @@ InsecureOpt = Annotated[
 RetriesOpt = Annotated[
     int, typer.Option("--retries", min=1, help="Attempts per request or upload on retryable errors.")
 ]
+S3EndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--s3-endpoint",
+        help="With s3://BUCKET/PREFIX: the S3 endpoint URL (else AWS_ENDPOINT_URL, else AWS). Credentials: the "
+        "AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and ~/.aws files.",
+        show_default=False,
+    ),
+]
+S3RegionOpt = Annotated[str | None, typer.Option("--s3-region", help="S3 region (else AWS_REGION).")]
+S3ProfileOpt = Annotated[str | None, typer.Option("--s3-profile", help="A profile of ~/.aws/credentials.")]
+S3PathStyleOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--s3-path-style/--s3-virtual-host",
+        help="Bucket addressing (default: path-style with a custom endpoint, as S3-compatible servers need).",
+    ),
+]
 HarborOpt = Annotated[
     bool | None,
     typer.Option(
@@ -253,26 +271,10 @@ def export(
     ca_cert: CaCertOpt = None,
     insecure: InsecureOpt = False,
     retries: RetriesOpt = 5,
-    s3_endpoint: Annotated[
-        str | None,
-        typer.Option(
-            "--s3-endpoint",
-            help="From s3://BUCKET/PREFIX: the S3 endpoint URL (else AWS_ENDPOINT_URL, else AWS). Credentials: "
-            "the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and ~/.aws files.",
-            show_default=False,
-        ),
-    ] = None,
-    s3_region: Annotated[str | None, typer.Option("--s3-region", help="S3 region (else AWS_REGION).")] = None,
-    s3_profile: Annotated[
-        str | None, typer.Option("--s3-profile", help="A profile of ~/.aws/credentials.")
-    ] = None,
-    s3_path_style: Annotated[
-        bool | None,
-        typer.Option(
-            "--s3-path-style/--s3-virtual-host",
-            help="Bucket addressing (default: path-style with a custom endpoint, as S3-compatible servers need).",
-        ),
-    ] = None,
+    s3_endpoint: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
+    s3_profile: S3ProfileOpt = None,
+    s3_path_style: S3PathStyleOpt = None,
     jobs: Annotated[
         int,
         typer.Option(
@@ -663,10 +665,11 @@ def restore(
         typer.Argument(help="The bundle (file, volume set, or '-' for stdin).", show_default=False),
     ],
     root: Annotated[
-        Path,
+        str,
         typer.Option(
             "--root",
-            help="Registry storage directory (Harbor 1.x: /data/registry; it holds docker/registry/v2).",
+            help="Registry storage directory (Harbor 1.x: /data/registry; it holds docker/registry/v2), or "
+            "s3://BUCKET/PREFIX for a registry on the s3 driver (PREFIX: its rootdirectory).",
             show_default=False,
         ),
     ],
@@ -676,6 +679,10 @@ def restore(
             "--owner", help="UID:GID for everything written, or 'keep'. Harbor's registry user is 10000."
         ),
     ] = "10000:10000",
+    s3_endpoint: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
+    s3_profile: S3ProfileOpt = None,
+    s3_path_style: S3PathStyleOpt = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -743,9 +750,22 @@ def restore(
             url = parse_url(harbor_url, option="--harbor-url", registry=False)
             pw = _password(password_stdin, bundle == "-", "FERRY_HARBOR_PASSWORD")
             harbor = HarborAccess(url, harbor_user, pw, verify=not insecure)
+        from shared.storage.s3fs import S3Config
+
+        s3 = None
+        if root.startswith("s3://"):
+            s3 = S3Config(
+                endpoint=s3_endpoint, region=s3_region, profile=s3_profile, path_style=s3_path_style
+            )
+        elif s3_endpoint or s3_region or s3_profile or s3_path_style is not None:
+            raise UsageError(
+                "--s3-endpoint, --s3-region, --s3-profile and --s3-path-style are for --root s3://…"
+            )
         opts = RestoreOptions(
             bundle=bundle,
-            root=root,
+            root=Path(root),
+            s3_url=root if s3 is not None else None,
+            s3=s3,
             owner=parse_owner(owner),
             dry_run=dry_run,
             jobs=jobs,

@@ -16,12 +16,16 @@ from typing import BinaryIO
 
 from shared.bundle.source import open_source
 from shared.delta import base_missing
+from shared.digest import Digest
 from shared.errors import FerryError, OutputError, UsageError
 from shared.model import Catalog
 from shared.progress import ProgressCallback, no_progress
-from shared.storage.paths import StorageLayout, TagsDir
+from shared.storage.paths import BlobData, StorageLayout, TagsDir
+from shared.storage.s3fs import S3Config
+from shared.storage.s3sink import S3TreeSink
 from shared.storage.writer import (
     Owner,
+    RestoreStats,
     RootClaim,
     StorageTreeSink,
     blob_present,
@@ -54,6 +58,9 @@ class RestoreOptions:
     overwrite: bool = False
     #: ``--map OLD=NEW`` prefix rewrites; with a Harbor target one-level names go to ``default_project``
     maps: tuple[tuple[str, str], ...] = ()
+    #: write into the storage tree in an S3 bucket (``s3://BUCKET/PREFIX``) instead of ``root``
+    s3_url: str | None = None
+    s3: S3Config | None = None
     default_project: str = "library"
 
 
@@ -184,11 +191,13 @@ def run(
 ) -> RestoreResult:
     """``source``: any image source instead of the bundle ``opts.bundle`` names (``ferry copy``)."""
     started = time.monotonic()
-    _check_owner(opts.owner if not opts.dry_run else None)
+    on_s3 = opts.s3_url is not None
+    # a bucket has no owners: --owner only applies to a file system
+    _check_owner(opts.owner if not opts.dry_run and not on_s3 else None)
     if opts.redis_url:
         harbor1.check_redis_url(opts.redis_url)
     try:
-        if opts.root.exists() and not opts.root.is_dir():
+        if not on_s3 and opts.root.exists() and not opts.root.is_dir():
             raise UsageError(f"--root {opts.root}: not a directory")
     except PermissionError:
         raise UsageError(
@@ -209,6 +218,26 @@ def run(
         renamed = tuple((old, new) for old, new in names.items() if old != new)
         source.catalog = rename(source.catalog, names)
         catalog = source.catalog
+        projects, orphans = harbor1.projects_of([r.name for r in catalog.repositories])
+        if opts.s3_url is not None:
+            s3sink = S3TreeSink(opts.s3_url, opts.s3 or S3Config(), overwrite=opts.overwrite)
+            if catalog.carried:
+                lacking = s3sink.check_carried(catalog)
+                if lacking:
+                    raise base_missing(catalog, lacking, target=opts.s3_url)
+            the_plan = _s3_plan(catalog, s3sink)
+            if opts.dry_run:
+                return RestoreResult(
+                    opts.s3_url,
+                    True,
+                    the_plan,
+                    projects=tuple(projects),
+                    orphans=tuple(orphans),
+                    seconds=time.monotonic() - started,
+                    renamed=renamed,
+                )
+            copy(source, s3sink, on_progress=on_progress)
+            return _after(opts, s3sink.stats, the_plan, catalog, projects, orphans, renamed, started)
         # listed once, for the plan and for the writer
         existing = existing_blobs(StorageLayout.for_root(opts.root), catalog)
         if catalog.carried:
@@ -218,7 +247,6 @@ def run(
             if lacking:
                 raise base_missing(catalog, lacking, target=f"--root {opts.root}")
         the_plan = plan(catalog, opts.root, existing)
-        projects, orphans = harbor1.projects_of([r.name for r in catalog.repositories])
         if opts.dry_run:
             return RestoreResult(
                 str(opts.root),
@@ -249,7 +277,41 @@ def run(
         if opened is not None:
             opened.close()
 
-    s = sink.stats
+    return _after(opts, sink.stats, the_plan, catalog, projects, orphans, renamed, started)
+
+
+def _s3_plan(catalog: Catalog, sink: S3TreeSink) -> Plan:
+    sizes = sink.existing()
+    write = present = nbytes = 0
+    for d in (*catalog.blobs, *catalog.manifests):
+        size = catalog.size_of(d)
+        if d in catalog.carried or sizes.get(sink.layout.path(BlobData(Digest.parse(d)))) == size:
+            present += 1
+        else:
+            write += 1
+            nbytes += size
+    return Plan(
+        repositories=len(catalog.repositories),
+        tags=sum(len(r.tags) for r in catalog.repositories),
+        blobs_to_write=write,
+        bytes_to_write=nbytes,
+        blobs_present=present,
+        tags_to_move=(),
+    )
+
+
+def _after(
+    opts: RestoreOptions,
+    s: RestoreStats,
+    the_plan: Plan,
+    catalog: Catalog,
+    projects: list[str],
+    orphans: list[str],
+    renamed: tuple[tuple[str, str], ...],
+    started: float,
+) -> RestoreResult:
+    """The steps after the storage is written (Redis, Harbor) and the result."""
+    where = opts.s3_url if opts.s3_url is not None else str(opts.root)
     try:
         keys = harbor1.flush_registry_cache(opts.redis_url) if opts.redis_url else None
         dump = harbor1.remove_dump(opts.redis_dump) if opts.redis_dump else None
@@ -259,7 +321,7 @@ def run(
         # everything again (harmless, but hours on a big registry) instead of redoing one step
         e.message = (
             f"the restore itself finished ({s.blobs_written} blobs and {s.tags_written} tags written into "
-            f"{opts.root}), but the next step failed: {e.message}"
+            f"{where}), but the next step failed: {e.message}"
         )
         e.args = (e.message,)
         e.hint = (e.hint + " " if e.hint else "") + (
@@ -268,9 +330,9 @@ def run(
         raise
     steps: list[str] = []
     if sync is None:
-        steps = harbor1.next_steps(str(opts.root), projects, redis_done=keys is not None or bool(dump))
+        steps = harbor1.next_steps(where, projects, redis_done=keys is not None or bool(dump))
     return RestoreResult(
-        root=str(opts.root),
+        root=where,
         dry_run=False,
         plan=the_plan,
         blobs_written=s.blobs_written,
