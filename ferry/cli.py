@@ -74,6 +74,29 @@ InsecureOpt = Annotated[
 RetriesOpt = Annotated[
     int, typer.Option("--retries", min=1, help="Attempts per request or upload on retryable errors.")
 ]
+PlatformOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--platform",
+        help="os/arch[/variant] (repeatable): of a multi-platform image, only these platforms' images; the "
+        "index keeps its exact bytes and records the others as left out.",
+        show_default=False,
+    ),
+]
+
+
+def parse_platforms(items: list[str] | None) -> tuple[str, ...]:
+    out = []
+    for p in items or ():
+        parts = p.split("/")
+        if not 2 <= len(parts) <= 3 or not all(
+            x and x.replace("_", "").replace("-", "").isalnum() for x in parts
+        ):
+            raise UsageError(f"--platform {p!r}: expected os/arch or os/arch/variant (e.g. linux/amd64)")
+        out.append(p)
+    return tuple(out)
+
+
 S3EndpointOpt = Annotated[
     str | None,
     typer.Option(
@@ -223,6 +246,7 @@ def export(
             "--skip-broken", help="Export the intact images and record the broken ones instead of failing."
         ),
     ] = False,
+    platform: PlatformOpt = None,
     volume_size: Annotated[
         str | None,
         typer.Option(
@@ -352,7 +376,10 @@ def export(
             api_jobs=jobs or 8,
             output=None if output == "-" else Path(output),
             selection=Selection(
-                include=tuple(include or ()), exclude=tuple(exclude or ()), untagged=untagged
+                include=tuple(include or ()),
+                exclude=tuple(exclude or ()),
+                untagged=untagged,
+                platforms=parse_platforms(platform),
             ),
             skip_broken=skip_broken,
             volume_size=parse_size(volume_size, "--volume-size", RECORD) if volume_size else None,
@@ -947,6 +974,7 @@ def copy(
     skip_broken: Annotated[
         bool, typer.Option("--skip-broken", help="Copy the intact images, report the broken ones.")
     ] = False,
+    platform: PlatformOpt = None,
     repos_from: Annotated[
         Path | None,
         typer.Option("--repos-from", help="Repositories of a source registry that does not list them."),
@@ -1051,7 +1079,11 @@ def copy(
         opts = CopyOptions(
             source=source,
             source_registry=src_config,
-            selection=Selection(include=tuple(include or ()), exclude=tuple(exclude or ())),
+            selection=Selection(
+                include=tuple(include or ()),
+                exclude=tuple(exclude or ()),
+                platforms=parse_platforms(platform),
+            ),
             skip_broken=skip_broken,
             repos_from=repos_from,
             retries=retries,

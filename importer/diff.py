@@ -145,7 +145,7 @@ def _compare(
         for d in repo.untagged:
             asks.append(("untagged", target, d, d))
         for d in repo.manifests:
-            for c in catalog.manifests[d].children:
+            for c in catalog.manifests[d].held_children:
                 asks.append(("child", target, c.digest, c.digest))
     unique = list(dict.fromkeys(asks))  # an index child listed by two indexes is asked once
     answers = manifests_at([(a[1], a[2]) for a in unique])

@@ -81,7 +81,9 @@ def make_delta(catalog: Catalog, bases: BaseSet) -> Catalog:
     while changed:  # indexes: a child shipped makes its index shipped, to any depth
         changed = False
         for d, m in catalog.manifests.items():
-            if d in carried and any(r not in carried for r in (*m.blobs, *(c.digest for c in m.children))):
+            if d in carried and any(
+                r not in carried for r in (*m.blobs, *(c.digest for c in m.held_children))
+            ):
                 del carried[d]
                 changed = True
     used = set(carried.values())

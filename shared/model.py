@@ -33,6 +33,16 @@ class Manifest:
     children: tuple[ChildRef, ...] = ()
     subject: str | None = None
     artifact_type: str | None = None
+    #: children of an index not in the bundle (an export with ``--platform``): the index keeps its exact
+    #: bytes, so it still lists them; nothing else needs them
+    left_out: tuple[str, ...] = ()
+
+    @property
+    def held_children(self) -> tuple[ChildRef, ...]:
+        """The children the bundle holds: all of them, unless the index is partial."""
+        if not self.left_out:
+            return self.children
+        return tuple(c for c in self.children if c.digest not in self.left_out)
 
 
 @dataclass(frozen=True)
@@ -159,7 +169,7 @@ class Catalog:
                 continue
             out[d] = None
             stack.append((d, True))
-            stack.extend((c.digest, False) for c in reversed(m.children))
+            stack.extend((c.digest, False) for c in reversed(m.held_children))
         result = tuple(out)
         self._closure_cache[digest] = result
         return result
@@ -196,7 +206,7 @@ class Catalog:
                 stack.append((d, True))
                 stack.extend(
                     (c.digest, False)
-                    for c in reversed(self.manifests[d].children)
+                    for c in reversed(self.manifests[d].held_children)
                     if c.digest in self.manifests and c.digest not in entered
                 )
         return tuple(out)

@@ -282,7 +282,7 @@ class RegistrySink:
                 self._wait(self._blob_jobs)
                 children = [
                     job
-                    for c in self._catalog.manifests[digest].children
+                    for c in self._catalog.manifests[digest].held_children
                     if (job := self._manifest_jobs.get((target, c.digest))) is not None
                 ]
                 self._manifest_jobs[key] = self._pool.submit(
@@ -426,13 +426,15 @@ class RegistrySink:
                 self.stats.skipped[key] = SCHEMA1_REASON
                 self._advance(images=key in self._untagged)
                 continue
-            children = [(target, c.digest) for c in manifest.children]
+            children = [(target, c.digest) for c in manifest.held_children]
             for child in children:
                 job = self._manifest_jobs.get(child)
                 if job is not None:
                     job.result()
             missing = [
-                d for d in (*manifest.blobs, *(c.digest for c in manifest.children)) if self._bad(target, d)
+                d
+                for d in (*manifest.blobs, *(c.digest for c in manifest.held_children))
+                if self._bad(target, d)
             ]
             if missing:
                 why = self._reason(target, missing[0])
@@ -745,7 +747,19 @@ class RegistrySink:
                 with self._lock:
                     self.stats.converted[(repo, manifest.digest)] = converted.digest
         except (RegistryError, OSError) as e:
-            self._fail(repo, manifest.digest, self._describe(e, repo))
+            if manifest.left_out and isinstance(e, RegistryError) and e.status == 400:
+                gone = sorted(
+                    {c.platform or c.digest for c in manifest.children if c.digest in manifest.left_out}
+                )
+                self._fail(
+                    repo,
+                    manifest.digest,
+                    f"{repo}: the registry refuses this index: it was exported with --platform and leaves out "
+                    f"{', '.join(gone)}, and the registry takes an index only with every child it lists "
+                    f"(the platforms kept were pushed by digest) — {e.message}",
+                )
+            else:
+                self._fail(repo, manifest.digest, self._describe(e, repo))
         finally:
             if (repo, manifest.digest) in self._untagged:
                 self._advance(images=1)

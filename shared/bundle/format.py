@@ -34,6 +34,9 @@ TRAILER_FORMAT = "ferry-bundle-trailer"
 VERSION = (1, 2)
 #: a delta bundle (``--since``): members are only what no base carried, which a 1.x reader would misread
 DELTA_VERSION = (2, 0)
+#: a bundle with a partial index (``--platform``): 1.2 readers refuse it as inconsistent (an index child the
+#: repository does not hold), which is what they should do
+PARTIAL_VERSION = (1, 3)
 #: the majors this reader reads
 MAJORS = (1, 2)
 INDEX_MEMBER = "ferry/index.msgpack.zst"
@@ -93,7 +96,13 @@ def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = N
 
     doc = {
         "format": FORMAT,
-        "version": list(DELTA_VERSION if catalog.carried else VERSION),
+        "version": list(
+            DELTA_VERSION
+            if catalog.carried
+            else PARTIAL_VERSION
+            if any(m.left_out for m in catalog.manifests.values())
+            else VERSION
+        ),
         "ferry_version": info.ferry_version,
         "created": info.created,
         "source": info.source,
@@ -166,6 +175,7 @@ def _manifest_doc(m: Manifest) -> dict[str, Any]:
         ],
         "subject": m.subject,
         "artifactType": m.artifact_type,
+        **({"leftOut": list(m.left_out)} if m.left_out else {}),
     }
 
 
@@ -391,7 +401,12 @@ def validate_catalog(catalog: Catalog, order: list[str]) -> None:
     try:
         for m in catalog.manifests.values():
             refs.update(m.blobs)
-            refs.update(c.digest for c in m.children)
+            refs.update(c.digest for c in m.held_children)
+            named.update(c.digest for c in m.children)
+            if m.left_out and not set(m.left_out) <= {c.digest for c in m.children}:
+                raise BundleFormatError(
+                    f"the bundle index is inconsistent: {m.digest} leaves out what it does not list"
+                )
             named.update(f.digest for f in m.foreign)
             if m.subject is not None:
                 named.add(m.subject)
@@ -419,7 +434,7 @@ def _validate_names(catalog: Catalog, order: list[str], held: set[str]) -> None:
     pos = {d: i for i, d in enumerate(order)}
     for d, m in catalog.manifests.items():
         if d in catalog.carried:
-            for ref in (*m.blobs, *(c.digest for c in m.children)):
+            for ref in (*m.blobs, *(c.digest for c in m.held_children)):
                 if ref not in catalog.carried:
                     raise BundleFormatError(
                         f"the bundle index is inconsistent: {d} came with a base, but {ref}, which it "
@@ -427,7 +442,7 @@ def _validate_names(catalog: Catalog, order: list[str], held: set[str]) -> None:
                     )
             continue
         at = pos[d]
-        for ref in (*m.blobs, *(c.digest for c in m.children)):
+        for ref in (*m.blobs, *(c.digest for c in m.held_children)):
             if pos.get(ref, -1) > at:
                 raise BundleFormatError(
                     f"the bundle index is inconsistent: {d} comes before {ref}, which it needs"
@@ -453,7 +468,7 @@ def _validate_names(catalog: Catalog, order: list[str], held: set[str]) -> None:
                 raise BundleFormatError(
                     f"the bundle index is inconsistent: {r.name} holds {d}, which it does not describe"
                 )
-            for c in held_m.children:
+            for c in held_m.held_children:
                 if c.digest not in mine:
                     raise BundleFormatError(
                         f"the bundle index is inconsistent: {d} in {r.name} lists the child {c.digest}, "
@@ -486,7 +501,7 @@ def _explain_catalog(catalog: Catalog) -> None:
 
     for d, m in catalog.manifests.items():
         digest(d, "manifest")
-        for ref in (*m.blobs, *(c.digest for c in m.children), *(f.digest for f in m.foreign)):
+        for ref in (*m.blobs, *(c.digest for c in m.held_children), *(f.digest for f in m.foreign)):
             digest(ref, f"referenced by {d}")
             if (
                 ref not in catalog.blobs
@@ -526,6 +541,7 @@ def _manifest_from(digest: str, m: dict[str, Any]) -> Manifest:
         and all(type(b) is str for b in blobs)
         and not m.get("foreign")
         and not m.get("children")
+        and not m.get("leftOut")
         and type(m.get("foreign", [])) is list
         and type(m.get("children", [])) is list
         and (subject is None or type(subject) is str)
@@ -570,6 +586,7 @@ def _manifest_checked(digest: str, m: dict[str, Any]) -> Manifest:
         tuple(children),
         _opt_str(m.get("subject"), f"the subject of {digest}"),
         _opt_str(m.get("artifactType"), f"the artifactType of {digest}"),
+        _strs(m.get("leftOut", []), f"the children {digest} leaves out"),
     )
 
 

@@ -282,7 +282,9 @@ def scan_registry(
             if d is not None:
                 fetched.setdefault(d, f)
                 by_repo.setdefault(repo, set()).add(d)
-                pending += [(repo, c.digest) for c in (f.info.children if f.info else ())]
+                pending += [
+                    (repo, c.digest) for c in (f.info.children if f.info else ()) if sel.keeps(c.platform)
+                ]
         while pending:
             wanted = [(r, d) for r, d in dict.fromkeys(pending) if d not in by_repo.get(r, set())]
             pending = []
@@ -291,7 +293,9 @@ def scan_registry(
                 if got is None or got != d:
                     f = _Fetched(None, None, f.problem or f"the registry serves {got} for {d}")
                 fetched.setdefault(d, f)
-                pending += [(repo, c.digest) for c in (f.info.children if f.info else ())]
+                pending += [
+                    (repo, c.digest) for c in (f.info.children if f.info else ()) if sel.keeps(c.platform)
+                ]
         # with --untagged: what refers to an exported manifest (OCI 1.1 ``subject``: signatures, SBOMs),
         # found through the referrers API where the registry has one; nothing else untagged can be seen
         loose = _referrers(client, options, pool, by_repo, fetched, fetch) if sel.untagged else {}
@@ -425,6 +429,8 @@ def _build(
     def bundled(b: BlobRef) -> bool:
         return not b.foreign or b.digest in present
 
+    keeps = options.selection.keeps
+
     broken: list[BrokenImage] = []
     good: list[tuple[str, str | None, str, list[str]]] = []  # repo, tag (None: untagged), digest, closure
     for (repo, tag), (d, f) in zip(roots, tops, strict=True):
@@ -455,7 +461,7 @@ def _build(
                 problems.append((fetched[x].problem or "manifest unreadable", x))
                 continue
             stack.append((x, True))
-            stack.extend((c.digest, False) for c in reversed(info.children))
+            stack.extend((c.digest, False) for c in reversed(info.children) if keeps(c.platform))
         if problems:
             broken.append(
                 BrokenImage(
@@ -487,6 +493,7 @@ def _build(
                         info.children,
                         info.subject,
                         info.artifact_type,
+                        tuple(c.digest for c in info.children if not keeps(c.platform)),
                     )
                     raw[x] = got.raw
             elif x not in blobs:

@@ -85,6 +85,15 @@ class Selection:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     untagged: bool = False
+    #: ``os/arch`` or ``os/arch/variant``: of an index, only the children for these platforms (and those
+    #: that name none) are exported; the index keeps its bytes and records the others as left out
+    platforms: tuple[str, ...] = ()
+
+    def keeps(self, platform: str | None) -> bool:
+        """Whether an index child for ``platform`` is exported."""
+        if not self.platforms or platform is None:
+            return True
+        return any(platform == p or platform.startswith(p + "/") for p in self.platforms)
 
     def wants(self, repo: str, tag: str | None) -> bool:
         def hit(p: str) -> bool:
@@ -152,6 +161,7 @@ class _Tree:
         self.unreadable: list[BrokenImage] = []
         #: what earlier bundles described (ScanOptions.described)
         self.described: Catalog | None = None
+        self.selection = Selection()
 
     def p(self, spec: PathSpec) -> str:
         return self.layout.path(spec)
@@ -341,7 +351,7 @@ def _follow(tree: _Tree, root: _Root, linked: Callable[[str], bool], hasher: _Ha
             root.problems.append((tree.manifest(d).problem or "manifest unreadable", d))
             continue
         stack.append((d, True))
-        stack.extend((c.digest, False) for c in reversed(info.children))
+        stack.extend((c.digest, False) for c in reversed(info.children) if tree.selection.keeps(c.platform))
 
 
 def _reachable(tree: _Tree, digests: list[str]) -> set[str]:
@@ -524,6 +534,7 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     ``skip_broken``, in which case broken images are left out and listed in ``catalog.skipped``."""
     tree = _Tree(fs)
     tree.described = options.described
+    tree.selection = options.selection
     sel = options.selection
     roots: list[_Root] = []
     skipped: list[Skipped] = []
@@ -605,6 +616,7 @@ def _build(
                         info.children,
                         info.subject,
                         info.artifact_type,
+                        tuple(c.digest for c in info.children if not tree.selection.keeps(c.platform)),
                     )
                     extents[d], xxh3[d] = ext, loaded.xxh3
                     if loaded.raw is not None:

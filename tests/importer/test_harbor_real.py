@@ -352,3 +352,23 @@ def test_a_second_wave_into_harbor(
     assert Bundle.open(bundle).info.bundle_id in e.value.message
     projects = harbor29.ok("GET", f"/projects?name={other}&page_size=100")
     assert not projects
+
+
+def test_a_partial_index_into_harbor(harbor29: RealHarbor, zoo: Zoo, tmp_path: Path) -> None:
+    """An export with --platform: Harbor 2.9's registry, like distribution's, takes an index only with
+    every child it lists: the image is refused with the platforms named, the kept platform lands."""
+    partial = tmp_path / "amd64.tar"
+    export(
+        ExportOptions(
+            root=zoo.root, output=partial, selection=Selection(include=("multi",), platforms=("linux/amd64",))
+        )
+    )
+    project = harbor29.project()
+    r = _push(harbor29, partial, maps=(("multi", f"{project}/multi"),))
+    outcome = next(i for i in r.images if i.ref == f"{project}/multi:latest")
+    assert outcome.status == "failed" and "--platform" in outcome.reason and "linux/arm64" in outcome.reason
+    catalog = Bundle.open(partial).catalog
+    index = catalog.manifests[zoo.served["multi"]["latest"]]
+    kept = next(c.digest for c in index.children if c.digest not in index.left_out)
+    arts = {a["digest"] for a in harbor29.artifacts(f"{project}/multi")}
+    assert kept in arts
