@@ -376,20 +376,7 @@ class RegistrySink:
             raw = self._raw.get(digest)
         if raw is not None:
             return raw
-        c = self.client
-        r = with_retries(
-            lambda: c.request(
-                "GET",
-                c.url(f"/v2/{repo}/manifests/{digest}"),
-                expect=(200,),
-                what=f"get {repo}@{digest}",
-                headers=MANIFEST_ACCEPT,
-            ),
-            attempts=self.retries,
-            backoff=self.backoff,
-            what=f"manifest {digest}",
-        )
-        raw = r.content
+        raw = self.client.get_manifest(repo, digest, attempts=self.retries, backoff=self.backoff).content
         if f"sha256:{hashlib.sha256(raw).hexdigest()}" != digest:
             raise RegistryError(f"{repo} served {digest} with other bytes")
         with self._lock:

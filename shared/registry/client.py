@@ -285,6 +285,23 @@ class RegistryClient:
             what=what,
         )
 
+    def get_manifest(self, repo: str, ref: str, *, attempts: int, backoff: float = 0.5) -> httpx.Response:
+        """``GET`` a manifest by tag or digest with every media type a bundle can hold accepted, retried
+        on retryable errors (a 404 raises, with its status)."""
+        sep = "@" if ":" in ref else ":"
+        return with_retries(
+            lambda: self.request(
+                "GET",
+                self.url(f"/v2/{repo}/manifests/{ref}"),
+                expect=(200,),
+                what=f"get {repo}{sep}{ref}",
+                headers=MANIFEST_ACCEPT,
+            ),
+            attempts=attempts,
+            backoff=backoff,
+            what=f"manifest {repo}{sep}{ref}",
+        )
+
     def head_many(
         self,
         paths: list[str],

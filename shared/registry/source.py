@@ -43,7 +43,7 @@ from ..progress import Progress, ProgressCallback, no_progress
 from ..storage.paths import repository_problem, tag_problem
 from ..storage.reader import Selection
 from ..store import BlobContent
-from .client import MANIFEST_ACCEPT, RegistryClient, error_from, with_retries
+from .client import RegistryClient, error_from, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -237,18 +237,7 @@ def scan_registry(
 
         def fetch(repo: str, ref: str) -> tuple[str | None, _Fetched]:
             try:
-                r = with_retries(
-                    lambda: client.request(
-                        "GET",
-                        client.url(f"/v2/{repo}/manifests/{ref}"),
-                        expect=(200,),
-                        what=f"get {repo}:{ref}",
-                        headers=MANIFEST_ACCEPT,
-                    ),
-                    attempts=options.retries,
-                    backoff=options.backoff,
-                    what=f"manifest {repo}:{ref}",
-                )
+                r = client.get_manifest(repo, ref, attempts=options.retries, backoff=options.backoff)
             except RegistryError as e:
                 if e.status == 404:
                     return None, _Fetched(None, None, "manifest missing (the registry answers 404)")

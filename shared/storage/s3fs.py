@@ -95,6 +95,42 @@ def _s3_error(e: Exception, where: str) -> FerryError:
     return S3Error(f"{where}: {type(e).__name__}: {e}", hint="Check --s3-endpoint, the network and TLS.")
 
 
+def list_objects(
+    client: Any, bucket: str, prefix: str, delimiter: str = ""
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """(key, size) of every object below ``prefix``, and the common prefixes (with a delimiter)."""
+    keys: list[tuple[str, int]] = []
+    dirs: list[str] = []
+    kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if delimiter:
+        kw["Delimiter"] = delimiter
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(**kw):
+            keys += [(o["Key"], int(o["Size"])) for o in page.get("Contents", ())]
+            dirs += [p["Prefix"] for p in page.get("CommonPrefixes", ())]
+    except Exception as e:
+        raise _s3_error(e, f"s3://{bucket}/{prefix}") from None
+    return keys, dirs
+
+
+def list_tree(client: Any, bucket: str, v2: str, pool: ThreadPoolExecutor) -> dict[str, int]:
+    """Every key below the tree at ``v2`` with its size: one listing per blob prefix folder
+    (``blobs/sha256/00`` … ``ff``) and per repository folder, many at once, so that no listing is long."""
+    root = f"{v2}/" if v2 else ""
+    tops: list[str] = []
+    for sub in ("blobs/", "repositories/"):
+        _, dirs = list_objects(client, bucket, root + sub, "/")
+        tops += dirs
+    folders: list[str] = []
+    lists = pool.map(lambda p: list_objects(client, bucket, p, "/"), tops)
+    for part, (_, dirs) in zip(tops, lists, strict=True):
+        folders += dirs if part.startswith(root + "blobs/") else [part]
+    out: dict[str, int] = {}
+    for keys, _ in pool.map(lambda p: list_objects(client, bucket, p), folders):
+        out.update(keys)
+    return out
+
+
 class S3FS:
     local = False
 
@@ -115,19 +151,7 @@ class S3FS:
 
     # -- building the view -----------------------------------------------------------------------
     def _list(self, prefix: str, delimiter: str = "") -> tuple[list[tuple[str, int]], list[str]]:
-        """(key, size) of every object below ``prefix``, and the common prefixes (with a delimiter)."""
-        keys: list[tuple[str, int]] = []
-        dirs: list[str] = []
-        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if delimiter:
-            kw["Delimiter"] = delimiter
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(**kw):
-                keys += [(o["Key"], int(o["Size"])) for o in page.get("Contents", ())]
-                dirs += [p["Prefix"] for p in page.get("CommonPrefixes", ())]
-        except Exception as e:
-            raise _s3_error(e, f"s3://{self.bucket}/{prefix}") from None
-        return keys, dirs
+        return list_objects(self.client, self.bucket, prefix, delimiter)
 
     def _find_v2(self, prefix: str) -> str:
         for cand in (f"{prefix}/{V2_SUFFIX}" if prefix else V2_SUFFIX, prefix):
@@ -144,19 +168,9 @@ class S3FS:
         return key[len(self.v2) + 1 :] if self.v2 else key
 
     def _index(self) -> None:
-        """Every key under v2, listed folder by folder in parallel (blob prefixes, repositories)."""
-        root = f"{self.v2}/" if self.v2 else ""
-        tops: list[str] = []
-        for sub in ("blobs/", "repositories/"):
-            _, dirs = self._list(root + sub, "/")
-            tops += dirs
-        # one level further down for blobs (sha256/00 … ff) keeps each listing a few thousand keys
-        below: list[str] = []
-        for part, (_, dirs) in zip(tops, self._pool.map(lambda p: self._list(p, "/"), tops), strict=True):
-            below += dirs if part.startswith(root + "blobs/") else [part]
-        for keys, _ in self._pool.map(self._list, below):
-            for key, size in keys:
-                self._add(self._rel(key), size)
+        """Every key under v2 (:func:`list_tree`)."""
+        for key, size in list_tree(self.client, self.bucket, self.v2, self._pool).items():
+            self._add(self._rel(key), size)
         log.info("%s: %d objects listed", self.description, len(self._files))
 
     def _add(self, rel: str, size: int) -> None:
@@ -267,4 +281,4 @@ class S3FS:
         return cast(BinaryIO, r["Body"])
 
 
-__all__ = ["S3FS", "S3Config", "S3Error", "parse_s3_url", "s3_client"]
+__all__ = ["S3FS", "S3Config", "S3Error", "list_objects", "list_tree", "parse_s3_url", "s3_client"]

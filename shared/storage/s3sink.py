@@ -22,14 +22,14 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from ..digest import Digest
 from ..errors import DigestMismatch
 from ..model import Catalog, Manifest
 from ..store import BlobContent, SinkResult
 from .paths import BlobData, LayerLink, ManifestRevisionLink, StorageLayout, TagCurrentLink, TagIndexEntryLink
-from .s3fs import S3Config, _s3_error, parse_s3_url, s3_client
+from .s3fs import S3Config, _s3_error, list_tree, parse_s3_url, s3_client
 from .writer import RestoreStats
 
 log = logging.getLogger(__name__)
@@ -75,34 +75,10 @@ class S3TreeSink:
         return f"the bucket tree {self.url}"
 
     # -- what is there ---------------------------------------------------------------------------
-    def _list(self, prefix: str, delimiter: str = "") -> tuple[list[tuple[str, int]], list[str]]:
-        keys: list[tuple[str, int]] = []
-        dirs: list[str] = []
-        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if delimiter:
-            kw["Delimiter"] = delimiter
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(**kw):
-                keys += [(o["Key"], int(o["Size"])) for o in page.get("Contents", ())]
-                dirs += [p["Prefix"] for p in page.get("CommonPrefixes", ())]
-        except Exception as e:
-            raise _s3_error(e, f"s3://{self.bucket}/{prefix}") from None
-        return keys, dirs
-
     def existing(self) -> dict[str, int]:
-        """Every key below the tree with its size, listed once (blob prefix folders, repositories, in
-        parallel)."""
+        """Every key below the tree with its size, listed once (:func:`~shared.storage.s3fs.list_tree`)."""
         if self._sizes is None:
-            v2 = self.layout.v2
-            _, algs = self._list(f"{v2}/blobs/", "/")
-            folders: list[str] = []
-            for _, dirs in self._pool.map(lambda p: self._list(p, "/"), algs):
-                folders += dirs
-            folders.append(f"{v2}/repositories/")
-            sizes: dict[str, int] = {}
-            for keys, _ in self._pool.map(self._list, folders):
-                sizes.update(keys)
-            self._sizes = sizes
+            self._sizes = list_tree(self.client, self.bucket, self.layout.v2, self._pool)
         return self._sizes
 
     def _has_blob(self, digest: str, size: int) -> bool:
