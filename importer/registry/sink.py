@@ -292,21 +292,9 @@ class RegistrySink:
     def _carry_blob(self, repo: str, digest: str, source: str) -> None:
         """Mount a blob a base brought into another repository; a registry that refuses the mount (a
         202) gets it uploaded, from a download out of ``source``."""
-        c = self.client
         try:
             self._check_project(repo)
-            r = with_retries(
-                lambda: c.request(
-                    "POST",
-                    c.url(f"/v2/{repo}/blobs/uploads/"),
-                    params={"mount": digest, "from": source},
-                    expect=(201, 202),
-                    what=f"mount {digest} into {repo}",
-                ),
-                attempts=self.retries,
-                backoff=self.backoff,
-                what="mount",
-            )
+            r = self._mount(repo, digest, source)
             if r.status_code == 201:
                 self._record(digest, repo, "mounted")
                 return
@@ -596,25 +584,29 @@ class RegistrySink:
             return
         location = None
         if source is not None:
-            src = source
-            r = with_retries(
-                lambda: c.request(
-                    "POST",
-                    c.url(f"/v2/{repo}/blobs/uploads/"),
-                    params={"mount": d, "from": src},
-                    expect=(201, 202),
-                    what=f"mount {d} into {repo}",
-                ),
-                attempts=self.retries,
-                backoff=self.backoff,
-                what="mount",
-            )
+            r = self._mount(repo, d, source)
             if r.status_code == 201:
                 self._record(d, repo, "mounted")
                 return
             location = _location(r)  # mount refused: the 202 is an upload session to continue
         self._upload(repo, body, location)
         self._record(d, repo, "uploaded")
+
+    def _mount(self, repo: str, digest: str, source: str) -> httpx.Response:
+        """``POST …/blobs/uploads/?mount=&from=``: 201 mounted, 202 refused (an upload session to go on with)."""
+        c = self.client
+        return with_retries(
+            lambda: c.request(
+                "POST",
+                c.url(f"/v2/{repo}/blobs/uploads/"),
+                params={"mount": digest, "from": source},
+                expect=(201, 202),
+                what=f"mount {digest} into {repo}",
+            ),
+            attempts=self.retries,
+            backoff=self.backoff,
+            what="mount",
+        )
 
     def _record(self, digest: str, repo: str, how: str) -> None:
         with self._lock:
