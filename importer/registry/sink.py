@@ -571,7 +571,6 @@ class RegistrySink:
 
     def _blob_to(self, repo: str, body: _Body) -> None:
         d = body.content.digest
-        c = self.client
         self._check_project(repo)
         with self._lock:
             source = self._where.get(d)
