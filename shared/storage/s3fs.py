@@ -273,12 +273,77 @@ class S3FS:
         return data
 
     def open(self, uri: str) -> BinaryIO:
-        """An object's bytes as a stream (a large blob, read once by the writer, which hashes it)."""
+        """An object's bytes as a stream, read once by the writer, which hashes it.  One above
+        :data:`RANGED` comes in parallel ranged GETs (:class:`_Ranged`): one connection to S3 rarely
+        fills the link."""
+        key = self._key(self._path_of(uri))
+        size = self._files.get(self._path_of(uri), 0)
+        if size > RANGED:
+            return cast(BinaryIO, _Ranged(self.client, self.bucket, key, size, uri))
         try:
-            r = self.client.get_object(Bucket=self.bucket, Key=self._key(self._path_of(uri)))
+            r = self.client.get_object(Bucket=self.bucket, Key=key)
         except Exception as e:
             raise _s3_error(e, uri) from None
         return cast(BinaryIO, r["Body"])
+
+
+#: objects above this are read in parts of PART bytes, AHEAD parts at a time (at most 64 MiB held)
+RANGED = 32 << 20
+PART = 16 << 20
+AHEAD = 4
+
+
+class _Ranged:
+    """An object read in parallel ranged GETs, handed out in order: no temp copy, bounded memory."""
+
+    def __init__(self, client: Any, bucket: str, key: str, size: int, uri: str) -> None:
+        self.client, self.bucket, self.key, self.size, self.uri = client, bucket, key, size, uri
+        self._pool = ThreadPoolExecutor(AHEAD, thread_name_prefix="ferry-s3range")
+        self._parts = [(at, min(size, at + PART) - 1) for at in range(0, size, PART)]
+        self._next = 0
+        self._jobs: list[Any] = []
+        self._cur = b""  # the part being handed out, from _pos on
+        self._pos = 0
+        self._fill()
+
+    def _get(self, first: int, last: int) -> bytes:
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={first}-{last}")
+            return bytes(r["Body"].read())
+        except Exception as e:
+            raise _s3_error(e, self.uri) from None
+
+    def _fill(self) -> None:
+        while len(self._jobs) < AHEAD and self._next < len(self._parts):
+            self._jobs.append(self._pool.submit(self._get, *self._parts[self._next]))
+            self._next += 1
+
+    def read(self, n: int = -1) -> bytes:
+        out: list[bytes] = []
+        want = self.size if n < 0 else n
+        while want > 0:
+            if self._pos >= len(self._cur):
+                if not self._jobs:
+                    break
+                self._cur, self._pos = self._jobs.pop(0).result(), 0
+                self._fill()
+                continue
+            piece = self._cur[self._pos : self._pos + want]
+            self._pos += len(piece)
+            want -= len(piece)
+            out.append(piece)
+        return b"".join(out)
+
+    def close(self) -> None:
+        for j in self._jobs:
+            j.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> _Ranged:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 __all__ = ["S3FS", "S3Config", "S3Error", "list_objects", "list_tree", "parse_s3_url", "s3_client"]
