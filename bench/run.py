@@ -279,6 +279,11 @@ def main() -> None:
             results[label] = api.run(
                 tree, OUT / f"{label}-work", runs=1 if big else min(RUNS, 3), copy=not big
             )
+    if only and "s3clients" in only.split(","):
+        from bench import s3_clients
+
+        print("benchmarking S3 clients (boto3, obstore) ...", file=sys.stderr)
+        results["s3-clients"] = s3_clients.run()
     if not only or "s3" in only.split(","):
         from bench import s3
 
