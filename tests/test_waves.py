@@ -289,3 +289,16 @@ def test_a_tag_someone_else_moved_on_the_target_is_kept(waves: Waves, tmp_path: 
         assert reg.manifest("team/app", "v2")[1] == other
         # the tags the base set and nobody touched moved with the source
         assert reg.manifest("base/os", "1")[1] == waves.src.manifest("base/os", "1")[1]
+
+
+def test_a_reader_that_knows_only_1x_refuses_a_delta_clearly(
+    waves: Waves, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a ferry from before deltas does with one: it checks the major version first."""
+    import shared.bundle.format as fmt
+    from shared.errors import BundleVersionError
+
+    monkeypatch.setattr(fmt, "MAJORS", (1,))
+    with pytest.raises(BundleVersionError, match=r"version 2\.0 is newer than this ferry understands"):
+        Bundle.open(waves.wave2)
+    Bundle.open(waves.wave1).close()  # a full bundle is still 1.x
