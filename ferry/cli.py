@@ -78,7 +78,7 @@ PlatformOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--platform",
-        help="os/arch[/variant] (repeatable): of a multi-platform image, only these platforms' images; the "
+        help="os/arch or os/arch/variant (repeatable): of a multi-platform image, only these platforms' images; the "
         "index keeps its exact bytes and records the others as left out.",
         show_default=False,
     ),

@@ -87,7 +87,7 @@ def test_export_parses_options_into_one_library_call(tmp_path: Path) -> None:
 
 
 def test_help_explains_every_command() -> None:
-    for cmd in ("export", "verify", "inspect"):
+    for cmd in ("export", "verify", "inspect", "restore", "push", "diff", "copy", "receipt"):
         r = runner.invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and "--quiet" in r.output
     assert "air gap" in runner.invoke(app, ["--help"]).output
