@@ -28,7 +28,7 @@ import logging
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -39,6 +39,7 @@ from ..digest import CHUNK, xxh3_of
 from ..errors import BrokenImage, BrokenImages, RegistryError, UsageError
 from ..manifest import SCHEMA1_TYPES, BlobRef, ManifestError, ManifestInfo, parse_manifest
 from ..model import Blob, Catalog, Manifest, Repository, Skipped
+from ..prefetch import FetchAhead
 from ..progress import Progress, ProgressCallback, no_progress
 from ..storage.paths import repository_problem, tag_problem
 from ..storage.reader import Selection
@@ -274,20 +275,26 @@ def scan_registry(
                 pending += [
                     (repo, c.digest) for c in (f.info.children if f.info else ()) if sel.keeps(c.platform)
                 ]
-        while pending:
-            wanted = [(r, d) for r, d in dict.fromkeys(pending) if d not in by_repo.get(r, set())]
-            pending = []
-            for (repo, d), (got, f) in zip(wanted, pool.map(lambda rd: fetch(*rd), wanted), strict=True):
-                by_repo.setdefault(repo, set()).add(d)
-                if got is None or got != d:
-                    f = _Fetched(None, None, f.problem or f"the registry serves {got} for {d}")
-                fetched.setdefault(d, f)
-                pending += [
-                    (repo, c.digest) for c in (f.info.children if f.info else ()) if sel.keeps(c.platform)
-                ]
+
+        def fetch_by_digest(pending: list[tuple[str, str]]) -> None:
+            """Each (repository, digest) and, level by level, its children of the selected platforms,
+            fetched by digest in that repository into ``fetched`` and ``by_repo``."""
+            while pending:
+                wanted = [(r, d) for r, d in dict.fromkeys(pending) if d not in by_repo.get(r, set())]
+                pending = []
+                for (repo, d), (got, f) in zip(wanted, pool.map(lambda rd: fetch(*rd), wanted), strict=True):
+                    by_repo.setdefault(repo, set()).add(d)
+                    if got != d:
+                        f = _Fetched(None, None, f.problem or f"the registry serves {got} for {d}")
+                    fetched.setdefault(d, f)
+                    pending += [
+                        (repo, c.digest) for c in (f.info.children if f.info else ()) if sel.keeps(c.platform)
+                    ]
+
+        fetch_by_digest(pending)
         # with --untagged: what refers to an exported manifest (OCI 1.1 ``subject``: signatures, SBOMs),
         # found through the referrers API where the registry has one; nothing else untagged can be seen
-        loose = _referrers(client, options, pool, by_repo, fetched, fetch) if sel.untagged else {}
+        loose = _referrers(client, pool, by_repo, fetch_by_digest) if sel.untagged else {}
         for repo in list(loose):
             if not sel.wants(repo, None):
                 del loose[repo]
@@ -315,15 +322,15 @@ def scan_registry(
                 for b in f.info.blobs
             }
         )
-        if unsized:
-            heads = client.head_many([f"/v2/{r}/blobs/{d}" for r, d in unsized], attempts=options.retries)
-            for (_, d), (status, _) in zip(unsized, heads, strict=True):
-                if status == 200:
-                    sizes.setdefault(d, -1)
-            for r, d in unsized:
-                if sizes.get(d) == -1:
-                    resp = client.head(f"/v2/{r}/blobs/{d}", what=f"size of {d}", attempts=options.retries)
-                    sizes[d] = int(resp.headers.get("Content-Length", "-1"))
+
+        def size_of(item: tuple[str, str]) -> int:
+            r, d = item
+            resp = client.head(f"/v2/{r}/blobs/{d}", what=f"size of {d}", attempts=options.retries)
+            return int(resp.headers.get("Content-Length", "-1")) if resp.status_code == 200 else -1
+
+        for (_, d), size in zip(unsized, pool.map(size_of, unsized), strict=True):
+            if size >= 0:
+                sizes.setdefault(d, size)
     finally:
         pool.shutdown()
     # untagged roots after each repository's tags, by digest, as the storage-tree walk orders them
@@ -342,14 +349,13 @@ def scan_registry(
 
 def _referrers(
     client: RegistryClient,
-    options: RegistryScanOptions,
     pool: ThreadPoolExecutor,
     by_repo: dict[str, set[str]],
-    fetched: dict[str, _Fetched],
-    fetch: Callable[[str, str], tuple[str | None, _Fetched]],
+    fetch_by_digest: Callable[[list[tuple[str, str]]], None],
 ) -> dict[str, set[str]]:
     """repository -> the manifests that refer to one exported from it (and to those, to any depth), with
-    their children fetched; empty where the registry has no referrers API (distribution 2.8: a 404)."""
+    their children fetched (``fetch_by_digest`` adds them to ``by_repo``); empty where the registry has
+    no referrers API (distribution 2.8: a 404)."""
 
     def ask(item: tuple[str, str]) -> list[str] | None:
         repo, d = item
@@ -382,21 +388,7 @@ def _referrers(
                 return found
             new += [(repo, x) for x in refs if x not in by_repo.setdefault(repo, set())]
         new = list(dict.fromkeys(new))
-        pending = new
-        while pending:
-            got = list(pool.map(lambda rd: fetch(*rd), pending))
-            nxt = []
-            for (repo, d), (digest, f) in zip(pending, got, strict=True):
-                by_repo[repo].add(d)
-                if digest != d:
-                    f = _Fetched(None, None, f.problem or f"the registry serves {digest} for {d}")
-                fetched.setdefault(d, f)
-                nxt += [
-                    (repo, c.digest)
-                    for c in (f.info.children if f.info else ())
-                    if c.digest not in by_repo[repo]
-                ]
-            pending = list(dict.fromkeys(nxt))
+        fetch_by_digest(new)
         for repo, d in new:
             found.setdefault(repo, set()).add(d)
         frontier = new
@@ -635,30 +627,24 @@ class RegistrySource:
     def contents(self) -> Iterator[BlobContent]:
         catalog = self.catalog
         order = catalog.member_order()
-        pool = ThreadPoolExecutor(max(1, self._jobs), thread_name_prefix="ferry-download")
-        ahead: dict[str, Future[bytes]] = {}
-        held = 0
-        nxt = 0
+        ahead = FetchAhead(
+            order,
+            lambda x: catalog.blobs[x].size if x in catalog.blobs and x not in self._skip else None,
+            lambda x: self._small(x, catalog.blobs[x].size),
+            small=SMALL,
+            budget=AHEAD_BYTES,
+            jobs=self._jobs,
+            name="ferry-download",
+        )
         try:
             for i, d in enumerate(order):
                 raw = self._scan.raw.get(d)
                 if raw is not None:
                     yield BlobContent(d, len(raw), (), verified=True, xxh3=xxh3_of(raw), data=raw)
                     continue
-                # keep small blobs coming ahead of the writer, within the memory budget
-                nxt = max(nxt, i)
-                while nxt < len(order) and (held < AHEAD_BYTES or not ahead):
-                    x = order[nxt]
-                    nxt += 1
-                    small = x in catalog.blobs and catalog.blobs[x].size <= SMALL
-                    if small and x not in ahead and x not in self._skip:
-                        ahead[x] = pool.submit(self._small, x, catalog.blobs[x].size)
-                        held += catalog.blobs[x].size
                 size = catalog.blobs[d].size
-                job = ahead.pop(d, None)
-                if job is not None:
-                    data = job.result()
-                    held -= size
+                data = ahead.take(i)
+                if data is not None:
                     yield BlobContent(d, size, (), verified=True, xxh3=xxh3_of(data), data=data)
                     continue
                 stream = _BlobStream(self.client, self._scan.where[d], d, size, self._retries)
@@ -668,9 +654,7 @@ class RegistrySource:
                     self.resumed += stream.resumed
                     stream.close()
         finally:
-            for f in ahead.values():
-                f.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            ahead.close()
 
 
 __all__ = ["RegistryScan", "RegistryScanOptions", "RegistrySource", "scan_registry", "schema1_payload"]

@@ -24,7 +24,6 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, cast
 
@@ -33,6 +32,7 @@ from ..errors import BrokenImage, BrokenImages, SourceUnreadable
 from ..hashing import HashJob, HashPool, HashProcess, RangeHashes
 from ..manifest import ManifestError, ManifestInfo, parse_manifest
 from ..model import Blob, Catalog, Manifest, Repository, Skipped
+from ..prefetch import FetchAhead
 from ..progress import Progress, ProgressCallback, no_progress
 from ..store import BlobContent
 from .fs import Extent, TreeFS
@@ -694,9 +694,16 @@ class TreeSource:
         every blob (``verified=False``)."""
         r = self._result
         order = self.catalog.member_order()
-        pool = ThreadPoolExecutor(8, thread_name_prefix="ferry-fetch")
-        ahead: dict[str, Future[bytes]] = {}
-        held, nxt = 0, 0
+        blobs = self.catalog.blobs
+        ahead = FetchAhead(
+            order,
+            lambda x: r.extents[x].size if x in blobs else None,
+            lambda x: fs.fetch(r.extents[x].path),
+            small=REMOTE_SMALL,
+            budget=REMOTE_AHEAD,
+            jobs=8,
+            name="ferry-fetch",
+        )
         try:
             for i, d in enumerate(order):
                 ext = r.extents[d]
@@ -711,18 +718,9 @@ class TreeSource:
                         data=data if data is not None else fs.fetch(ext.path),
                     )
                     continue
-                nxt = max(nxt, i)
-                while nxt < len(order) and (held < REMOTE_AHEAD or not ahead):
-                    x = order[nxt]
-                    nxt += 1
-                    e = r.extents[x]
-                    if x in self.catalog.blobs and e.size <= REMOTE_SMALL and x not in ahead:
-                        ahead[x] = pool.submit(fs.fetch, e.path)
-                        held += e.size
-                job = ahead.pop(d, None)
-                if job is not None:
-                    held -= ext.size
-                    yield BlobContent(d, ext.size, (), False, data=job.result())
+                data = ahead.take(i)
+                if data is not None:
+                    yield BlobContent(d, ext.size, (), False, data=data)
                     continue
                 stream = fs.open(ext.path)
                 try:
@@ -730,9 +728,7 @@ class TreeSource:
                 finally:
                     stream.close()
         finally:
-            for f in ahead.values():
-                f.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            ahead.close()
 
     def _broken(self, bad: Mapping[str, str]) -> Iterator[BrokenImage]:
         for image in self.catalog.images():
