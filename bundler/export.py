@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import __version__
-from shared.bundle.format import BundleInfo, encode_index
+from shared.bundle.format import BundleInfo, encode_index, member_digest
 from shared.bundle.receipt import read_earlier, write_receipt
 from shared.bundle.resume import Partial, ResumePoint, check, claimed, find_partial
 from shared.bundle.tario import BundleOutput
@@ -246,6 +246,17 @@ def _partial(opts: ExportOptions) -> Partial | None:
     return partial
 
 
+def _begin(opts: ExportOptions) -> tuple[Partial | None, BaseSet | None, _Identity]:
+    """What every export starts from: the partial to resume, the bases of a delta, and the identity (the
+    partial's, so that the finished bundle is the one the interrupted run would have written)."""
+    partial = _partial(opts)
+    bases = _bases(opts)
+    ident = _Identity.new()
+    if partial is not None and partial.info.bundle_id is not None:
+        ident = _Identity(partial.info.bundle_id, partial.info.created, partial.mtime)
+    return partial, bases, ident
+
+
 def _resume_point(
     opts: ExportOptions, catalog: Catalog, source: dict[str, str], partial: Partial, ident: _Identity
 ) -> ResumePoint | None:
@@ -268,13 +279,8 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         raise OutputError(f"--receipt {opts.receipt}: its directory does not exist")
     if opts.registry is not None:
         return _run_registry(opts, opts.registry, on_progress, started)
-    partial = _partial(opts)
-    bases = _bases(opts)
-    ident = _Identity.new()
-    written: frozenset[str] = frozenset()
-    if partial is not None and partial.info.bundle_id is not None:
-        ident = _Identity(partial.info.bundle_id, partial.info.created, partial.mtime)
-        written = claimed(partial)
+    partial, bases, ident = _begin(opts)
+    written = claimed(partial) if partial is not None and partial.info.bundle_id is not None else frozenset()
     # blobs are hashed in the background from the walk on; a wrong one aborts the bundle at the end.
     # -j 1 asks for one core: then they are hashed after the walk, in this process
     defer = opts.jobs != 1
@@ -347,11 +353,7 @@ def _run_registry(
     opts: ExportOptions, config: ClientConfig, on_progress: ProgressCallback, started: float
 ) -> ExportResult:
     """Export from a live registry over the V2 API (see :mod:`shared.registry.source`)."""
-    partial = _partial(opts)
-    bases = _bases(opts)
-    ident = _Identity.new()
-    if partial is not None and partial.info.bundle_id is not None:
-        ident = _Identity(partial.info.bundle_id, partial.info.created, partial.mtime)
+    partial, bases, ident = _begin(opts)
     client = RegistryClient(config)
     try:
         connect(client, retries=opts.retries, backoff=opts.backoff)
@@ -372,7 +374,11 @@ def _run_registry(
             point = _resume_point(opts, catalog, described, partial, ident)
             if point is None:
                 ident = _Identity.new()
-        kept = frozenset(_digest_of(name) for name, _, _ in point.members) if point else frozenset()
+        kept = (
+            frozenset(d for name, _, _ in point.members if (d := member_digest(name)))
+            if point
+            else frozenset()
+        )
         source = RegistrySource(client, found, jobs=opts.api_jobs, retries=opts.retries, skip=kept)
         out, sink = _write(opts, source, described, on_progress, ident, point)
     finally:
@@ -381,10 +387,6 @@ def _run_registry(
     for note in notes:
         log.warning("%s", note)
     return _result(opts, catalog, out, sink, ident, point, started, notes)
-
-
-def _digest_of(member: str) -> str:
-    return member.split("/", 1)[1].replace("/", ":", 1) if member.startswith("blobs/") else ""
 
 
 __all__ = ["ExportOptions", "ExportResult", "run"]

@@ -31,6 +31,7 @@ from .format import (
     BundleInfo,
     blob_member,
     decode_index,
+    member_digest,
     oci_index,
 )
 from .tario import BLOCK, VolumeSet, tar_header, volume_name
@@ -116,13 +117,10 @@ def claimed(partial: Partial) -> frozenset[str]:
         pos += len(tar_header(name, size, partial.mtime)) + _padded(size)
         if pos > partial.size:
             break
-        if name.startswith("blobs/"):
-            out.add(_digest(name))
+        digest = member_digest(name)
+        if digest is not None:
+            out.add(digest)
     return frozenset(out)
-
-
-def _digest(member: str) -> str:
-    return member.split("/", 1)[1].replace("/", ":", 1)
 
 
 def _padded(size: int) -> int:
@@ -170,7 +168,8 @@ def check(
                 members.append((name, size, xxh3_of(got)))
             else:
                 pieces = [(e.path, e.offset, e.size) for _, e in data.extents(at, size)]
-                digest = _digest(name)
+                digest = member_digest(name)
+                assert digest is not None  # the plan names blobs by their digests
                 job = HashJob(digest, pieces, size, digest.split(":", 1)[0])
                 jobs_list.append((len(members), job))
                 members.append((name, size, ""))
