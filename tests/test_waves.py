@@ -302,3 +302,27 @@ def test_a_reader_that_knows_only_1x_refuses_a_delta_clearly(
     with pytest.raises(BundleVersionError, match=r"version 2\.0 is newer than this ferry understands"):
         Bundle.open(waves.wave2)
     Bundle.open(waves.wave1).close()  # a full bundle is still 1.x
+
+
+def test_a_registry_that_refuses_mounts_gets_carried_blobs_uploaded(waves: Waves, tmp_path: Path) -> None:
+    """A mount answered 202 (refused, an upload session instead): the blob a base carried is downloaded
+    from the target's repository that holds it and uploaded into the new one."""
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.support.proxy import Proxy
+
+    def no_mounts(handler: BaseHTTPRequestHandler) -> bool:
+        if handler.command == "POST" and "mount=" in handler.path:
+            handler.path = handler.path.split("?", 1)[0]  # a plain upload start: the registry answers 202
+        return False
+
+    with Registry(tmp_path / "t") as reg:
+        assert not push(PushOptions(bundle=str(waves.wave1), registry=reg.url)).failed
+        proxy = Proxy(reg.host, route=no_mounts).start()
+        try:
+            result = push(PushOptions(bundle=str(waves.wave2), registry=proxy.url))
+        finally:
+            proxy.stop()
+        assert not result.failed and result.blobs_mounted == 0
+        assert any(m == "GET" and "/blobs/" in p for m, p in proxy.log)  # downloaded from the target
+        assert diff(DiffOptions(bundle=waves.wave2, registry=reg.url, deep=True)).ok

@@ -40,7 +40,8 @@ from shared.errors import RegistryError
 from shared.manifest import SCHEMA1_TYPES, ManifestError, MediaType
 from shared.model import Catalog, Manifest
 from shared.progress import Progress, ProgressCallback, no_progress
-from shared.registry.client import MANIFEST_ACCEPT, RegistryClient, error_from, with_retries
+from shared.registry.client import MANIFEST_ACCEPT, RegistryClient, with_retries
+from shared.registry.source import BlobStream
 from shared.storage.fs import Extent, ExtentsReader
 from shared.store import BlobContent, SinkResult
 
@@ -309,34 +310,14 @@ class RegistrySink:
             self._fail(repo, digest, self._describe(e, repo))
 
     def _download(self, repo: str, digest: str, size: int) -> _Body:
-        """A blob from the target itself, checked against its digest, spooled for an upload."""
-
-        def attempt() -> BinaryIO:
-            spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 (closed by the body)
-            h = hashlib.new(digest.split(":", 1)[0])
-            try:
-                with self.client.http.stream("GET", self.client.url(f"/v2/{repo}/blobs/{digest}")) as r:
-                    if r.status_code != 200:
-                        r.read()
-                        raise error_from(r, f"download {digest} from {repo}")
-                    for chunk in r.iter_bytes(CHUNK):
-                        h.update(chunk)
-                        spool.write(chunk)
-            except httpx.HTTPError as e:
-                spool.close()
-                raise RegistryError(f"download {digest} from {repo}: {e}", transport=True) from None
-            except BaseException:
-                spool.close()
-                raise
-            if f"{h.name}:{h.hexdigest()}" != digest or spool.tell() != size:
-                spool.close()
-                raise RegistryError(f"{repo} served {digest} with other bytes")
-            spool.seek(0)
-            return cast(BinaryIO, spool)
-
-        spool = with_retries(attempt, attempts=self.retries, backoff=self.backoff, what=f"download {digest}")
-        body = _Body(BlobContent(digest, size, (), verified=True))
-        body._spool = spool
+        """A blob from the target itself (resumed with Range where a download breaks), spooled for an
+        upload; the registry checks its digest on the upload's closing PUT, as for any blob."""
+        stream = BlobStream(self.client, repo, digest, size, self.retries)
+        body = _Body(BlobContent(digest, size, (), verified=False, stream=cast(BinaryIO, stream)))
+        try:
+            body.spool_if_stream()
+        finally:
+            stream.close()
         return body
 
     def _carry_manifest(

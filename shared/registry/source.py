@@ -509,7 +509,7 @@ def _build(
     return RegistryScan(Catalog(tuple(repositories), manifests, blobs, tuple(skipped)), raw, where, note)
 
 
-class _BlobStream:
+class BlobStream:
     """One blob's bytes from the registry, read as a file; a connection that breaks midway is picked up
     with ``Range: bytes=N-`` (whoever reads hashes what it reads, so a wrong resume cannot pass)."""
 
@@ -582,7 +582,7 @@ class _BlobStream:
     def close(self) -> None:
         self._close()
 
-    def __enter__(self) -> _BlobStream:
+    def __enter__(self) -> BlobStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -612,7 +612,7 @@ class RegistrySource:
 
     def _small(self, digest: str, size: int) -> bytes:
         repo = self._scan.where[digest]
-        with _BlobStream(self.client, repo, digest, size, self._retries) as s:
+        with BlobStream(self.client, repo, digest, size, self._retries) as s:
             data = b""
             while len(data) < size:
                 chunk = s.read(min(CHUNK, size - len(data)))
@@ -647,7 +647,7 @@ class RegistrySource:
                 if data is not None:
                     yield BlobContent(d, size, (), verified=True, xxh3=xxh3_of(data), data=data)
                     continue
-                stream = _BlobStream(self.client, self._scan.where[d], d, size, self._retries)
+                stream = BlobStream(self.client, self._scan.where[d], d, size, self._retries)
                 try:
                     yield BlobContent(d, size, (), verified=False, stream=cast(BinaryIO, stream))
                 finally:
@@ -657,4 +657,11 @@ class RegistrySource:
             ahead.close()
 
 
-__all__ = ["RegistryScan", "RegistryScanOptions", "RegistrySource", "scan_registry", "schema1_payload"]
+__all__ = [
+    "BlobStream",
+    "RegistryScan",
+    "RegistryScanOptions",
+    "RegistrySource",
+    "scan_registry",
+    "schema1_payload",
+]
