@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from shared.bundle.source import open_source
 from shared.delta import base_missing
-from shared.digest import Digest
 from shared.errors import FerryError, OutputError, UsageError
 from shared.model import Catalog
 from shared.progress import ProgressCallback, no_progress
-from shared.storage.paths import BlobData, StorageLayout, TagsDir
+from shared.storage.paths import StorageLayout, TagsDir
 from shared.storage.s3fs import S3Config
 from shared.storage.s3sink import S3TreeSink
 from shared.storage.writer import (
@@ -146,14 +146,6 @@ def plan(catalog: Catalog, root: Path, existing: set[str] | None = None) -> Plan
     layout = StorageLayout.for_root(root)
     if existing is None:
         existing = existing_blobs(layout, catalog)
-    write = present = nbytes = 0
-    for d in [*catalog.blobs, *catalog.manifests]:
-        size = catalog.size_of(d)
-        if d in catalog.carried or blob_present(layout, existing, d, size):  # carried: checked in run()
-            present += 1
-        else:
-            write += 1
-            nbytes += size
     moves = []
     for repo in catalog.repositories:
         if not os.path.isdir(layout.path(TagsDir(repo.name))):
@@ -162,13 +154,27 @@ def plan(catalog: Catalog, root: Path, existing: set[str] | None = None) -> Plan
             old = tag_target(layout, repo.name, tag)
             if old is not None and old != d:
                 moves.append(f"{repo.name}:{tag}")
+    return _plan(catalog, lambda d, size: blob_present(layout, existing, d, size), tuple(moves))
+
+
+def _plan(catalog: Catalog, present: Callable[[str, int], bool], moves: tuple[str, ...]) -> Plan:
+    """The plan of a restore into a target where ``present(digest, size)`` says what is there already
+    (what a delta's bases carried is checked before: it counts as there)."""
+    write = there = nbytes = 0
+    for d in (*catalog.blobs, *catalog.manifests):
+        size = catalog.size_of(d)
+        if d in catalog.carried or present(d, size):
+            there += 1
+        else:
+            write += 1
+            nbytes += size
     return Plan(
         repositories=len(catalog.repositories),
         tags=sum(len(r.tags) for r in catalog.repositories),
         blobs_to_write=write,
         bytes_to_write=nbytes,
-        blobs_present=present,
-        tags_to_move=tuple(moves),
+        blobs_present=there,
+        tags_to_move=moves,
     )
 
 
@@ -225,17 +231,9 @@ def run(
                 lacking = s3sink.check_carried(catalog)
                 if lacking:
                     raise base_missing(catalog, lacking, target=opts.s3_url)
-            the_plan = _s3_plan(catalog, s3sink)
+            the_plan = _plan(catalog, s3sink.has_blob, ())
             if opts.dry_run:
-                return RestoreResult(
-                    opts.s3_url,
-                    True,
-                    the_plan,
-                    projects=tuple(projects),
-                    orphans=tuple(orphans),
-                    seconds=time.monotonic() - started,
-                    renamed=renamed,
-                )
+                return _dry_run(opts.s3_url, the_plan, projects, orphans, renamed, started)
             copy(source, s3sink, on_progress=on_progress)
             return _after(opts, s3sink.stats, the_plan, catalog, projects, orphans, renamed, started)
         # listed once, for the plan and for the writer
@@ -248,15 +246,7 @@ def run(
                 raise base_missing(catalog, lacking, target=f"--root {opts.root}")
         the_plan = plan(catalog, opts.root, existing)
         if opts.dry_run:
-            return RestoreResult(
-                str(opts.root),
-                True,
-                the_plan,
-                projects=tuple(projects),
-                orphans=tuple(orphans),
-                seconds=time.monotonic() - started,
-                renamed=renamed,
-            )
+            return _dry_run(str(opts.root), the_plan, projects, orphans, renamed, started)
         try:
             opts.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -280,23 +270,22 @@ def run(
     return _after(opts, sink.stats, the_plan, catalog, projects, orphans, renamed, started)
 
 
-def _s3_plan(catalog: Catalog, sink: S3TreeSink) -> Plan:
-    sizes = sink.existing()
-    write = present = nbytes = 0
-    for d in (*catalog.blobs, *catalog.manifests):
-        size = catalog.size_of(d)
-        if d in catalog.carried or sizes.get(sink.layout.path(BlobData(Digest.parse(d)))) == size:
-            present += 1
-        else:
-            write += 1
-            nbytes += size
-    return Plan(
-        repositories=len(catalog.repositories),
-        tags=sum(len(r.tags) for r in catalog.repositories),
-        blobs_to_write=write,
-        bytes_to_write=nbytes,
-        blobs_present=present,
-        tags_to_move=(),
+def _dry_run(
+    where: str,
+    the_plan: Plan,
+    projects: list[str],
+    orphans: list[str],
+    renamed: tuple[tuple[str, str], ...],
+    started: float,
+) -> RestoreResult:
+    return RestoreResult(
+        where,
+        True,
+        the_plan,
+        projects=tuple(projects),
+        orphans=tuple(orphans),
+        seconds=time.monotonic() - started,
+        renamed=renamed,
     )
 
 

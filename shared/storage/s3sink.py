@@ -81,7 +81,8 @@ class S3TreeSink:
             self._sizes = list_tree(self.client, self.bucket, self.layout.v2, self._pool)
         return self._sizes
 
-    def _has_blob(self, digest: str, size: int) -> bool:
+    def has_blob(self, digest: str, size: int) -> bool:
+        """Whether the blob's data object is in the bucket with this size."""
         return self.existing().get(self.layout.path(BlobData(Digest.parse(digest)))) == size
 
     def _get(self, key: str) -> bytes | None:
@@ -107,7 +108,7 @@ class S3TreeSink:
 
     # -- a delta ---------------------------------------------------------------------------------
     def check_carried(self, catalog: Catalog) -> list[tuple[str | None, str]]:
-        return [(None, d) for d in catalog.carried_order() if not self._has_blob(d, catalog.size_of(d))]
+        return [(None, d) for d in catalog.carried_order() if not self.has_blob(d, catalog.size_of(d))]
 
     def put_carried(self, repos: Sequence[str], digest: str) -> None:
         assert self._catalog is not None
@@ -147,7 +148,7 @@ class S3TreeSink:
     def _one(self, repos: Sequence[str], content: BlobContent, blob: bool) -> None:
         d = content.digest
         key = self.layout.path(BlobData(Digest.parse(d)))
-        if self._has_blob(d, content.size):
+        if self.has_blob(d, content.size):
             with self._lock:
                 self.stats.blobs_present += 1
         else:
