@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from ferry.localregistry import Registry
-from shared.registry.client import NoCookies
+from ferry.shared.registry.client import NoCookies
 
 JOBS = 8
 

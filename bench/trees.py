@@ -17,8 +17,8 @@ import os
 import random
 from pathlib import Path
 
-from shared.digest import Digest
-from shared.storage.paths import (
+from ferry.shared.digest import Digest
+from ferry.shared.storage.paths import (
     BlobData,
     LayerLink,
     ManifestRevisionLink,

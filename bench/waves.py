@@ -19,10 +19,10 @@ from pathlib import Path
 
 from bench.trees import LAYER, TreeWriter, _config
 from ferry.localregistry import Registry
-from shared.bundle.reader import Bundle
-from shared.digest import Digest
-from shared.model import Catalog
-from shared.storage.paths import BlobData
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.digest import Digest
+from ferry.shared.model import Catalog
+from ferry.shared.storage.paths import BlobData
 
 
 class _Writer(TreeWriter):

@@ -17,28 +17,37 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import __version__
-from shared.bundle.format import BundleInfo, encode_index, member_digest
-from shared.bundle.receipt import read_earlier, write_receipt
-from shared.bundle.resume import Partial, ResumePoint, check, claimed, find_partial
-from shared.bundle.tario import BundleOutput
-from shared.bundle.writer import BundleSink
-from shared.delta import BaseSet, make_delta, merge
-from shared.errors import BrokenImages, DiskFull, OutputError, SourceChanged, SourceUnreadable, UsageError
-from shared.model import Base, Catalog, Skipped, TagChange
-from shared.progress import ProgressCallback, no_progress
-from shared.registry.client import ClientConfig, RegistryClient, connect, redact
-from shared.registry.source import RegistryScanOptions, RegistrySource, scan_registry
-from shared.storage.fs import TarFS, TreeFS, open_tree
-from shared.storage.reader import ScanOptions, ScanResult, Selection, TreeSource, scan
-from shared.storage.s3fs import S3FS, S3Config
-from shared.store import ImageSource
-from shared.transfer import copy
+from ferry.shared import __version__
+from ferry.shared.bundle.format import BundleInfo, encode_index, member_digest
+from ferry.shared.bundle.receipt import read_earlier, write_receipt
+from ferry.shared.bundle.resume import Partial, ResumePoint, check, claimed, find_partial
+from ferry.shared.bundle.tario import BundleOutput
+from ferry.shared.bundle.writer import BundleSink
+from ferry.shared.delta import BaseSet, make_delta, merge
+from ferry.shared.errors import (
+    BrokenImages,
+    DiskFull,
+    OutputError,
+    SourceChanged,
+    SourceUnreadable,
+    UsageError,
+)
+from ferry.shared.model import Base, Catalog, Skipped, TagChange
+from ferry.shared.progress import ProgressCallback, no_progress
+from ferry.shared.registry.client import ClientConfig, RegistryClient, connect, redact
+from ferry.shared.registry.source import RegistryScanOptions, RegistrySource, scan_registry
+from ferry.shared.storage.fs import TarFS, TreeFS, open_tree
+from ferry.shared.storage.reader import ScanOptions, ScanResult, Selection, TreeSource, scan
+from ferry.shared.storage.s3fs import S3FS, S3Config
+from ferry.shared.store import ImageSource
+from ferry.shared.transfer import copy
+
+from .kit import kit_files
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ExportOptions:
     root: Path
     #: None writes the bundle to stdout
@@ -64,6 +73,8 @@ class ExportOptions:
     #: read the storage tree in an S3 bucket (``s3://BUCKET/PREFIX``) instead of ``root``
     s3_url: str | None = None
     s3: S3Config | None = None
+    #: an install kit (``ferry kit -o DIR``) to carry in the bundle, under ferry/kit/
+    with_kit: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,8 @@ class ExportResult:
     resumed_bytes: int = 0
     #: said once, for the user (what an API export cannot see)
     notes: tuple[str, ...] = ()
+    #: the install kit's files carried under ferry/kit/
+    kit: tuple[str, ...] = ()
 
     def count(self, kind: str) -> int:
         return sum(1 for c in self.changes if c.kind == kind)
@@ -114,6 +127,7 @@ class ExportResult:
             "resumed": self.resumed,
             "resumedBytes": self.resumed_bytes,
             "notes": list(self.notes),
+            "kit": list(self.kit),
             "repositories": self.repositories,
             "tags": self.tags,
             "untagged": self.untagged,
@@ -168,6 +182,7 @@ def _info(opts: ExportOptions, source: dict[str, str], ident: _Identity) -> Bund
         },
         volume_size=opts.volume_size,
         bundle_id=ident.bundle_id,
+        kit=kit_files(opts.with_kit) if opts.with_kit is not None else (),
     )
 
 
@@ -183,7 +198,9 @@ def _write(
     out.resumable = opts.output is not None
     if point is not None:
         out.resume(point.paths, point.pos)
-    sink = BundleSink(out, _info(opts, described, ident), mtime=ident.mtime, resume=point)
+    sink = BundleSink(
+        out, _info(opts, described, ident), mtime=ident.mtime, resume=point, kit_dir=opts.with_kit
+    )
     try:
         copy(source, sink, on_progress=on_progress)
     except DiskFull as e:
@@ -277,6 +294,8 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
     started = time.monotonic()
     if opts.receipt is not None and not opts.receipt.parent.is_dir():
         raise OutputError(f"--receipt {opts.receipt}: its directory does not exist")
+    if opts.with_kit is not None:
+        kit_files(opts.with_kit)  # a folder that is no kit is refused before the walk
     if opts.registry is not None:
         return _run_registry(opts, opts.registry, on_progress, started)
     partial, bases, ident = _begin(opts)
@@ -346,13 +365,14 @@ def _result(
         resumed=point.blobs if point is not None else 0,
         resumed_bytes=point.blob_bytes if point is not None else 0,
         notes=notes,
+        kit=tuple(k.name for k in sink.info.kit),
     )
 
 
 def _run_registry(
     opts: ExportOptions, config: ClientConfig, on_progress: ProgressCallback, started: float
 ) -> ExportResult:
-    """Export from a live registry over the V2 API (see :mod:`shared.registry.source`)."""
+    """Export from a live registry over the V2 API (see :mod:`ferry.shared.registry.source`)."""
     partial, bases, ident = _begin(opts)
     client = RegistryClient(config)
     try:

@@ -1,11 +1,9 @@
 """``ferry``: the command line.  Each command parses options, calls one library function, renders the result.
 
-Errors are caught once, in :func:`_execute`: a :class:`~shared.errors.FerryError` becomes one line (plus the
+Errors are caught once, in :func:`_execute`: a :class:`~ferry.shared.errors.FerryError` becomes one line (plus the
 details it carries and a hint) and its exit code; anything else is a bug and shows its traceback under
 ``--debug``.
 """
-
-from __future__ import annotations
 
 import functools
 import gc
@@ -16,38 +14,58 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
-from shared import __version__
-from shared.errors import FerryError, UsageError
+from ferry.shared import __version__
+from ferry.shared.errors import FerryError, UsageError
 
 if TYPE_CHECKING:
-    from bundler.export import ExportResult
-    from importer.diff import DiffResult
-    from importer.inspect import InspectResult
-    from importer.push import PushResult
-    from importer.restore import RestoreResult
-    from importer.verify import VerifyResult
-    from shared.bundle.receipt import ReceiptResult
-    from shared.registry.client import Credentials
-    from shared.storage.writer import Owner
+    from ferry.bundler.export import ExportResult
+    from ferry.bundler.kit import KitResult
+    from ferry.importer.diff import DiffResult
+    from ferry.importer.inspect import InspectResult
+    from ferry.importer.push import PushResult
+    from ferry.importer.restore import RestoreResult
+    from ferry.importer.verify import VerifyResult
+    from ferry.shared.bundle.receipt import ReceiptResult
+    from ferry.shared.registry.client import Credentials
+    from ferry.shared.storage.writer import Owner
 
 # Each command imports what it runs inside its own body: a start-up that loads every command's modules (httpx,
 # redis, the exporter) costs a third of a second, which is a tenth of a verify or a restore of 5000 tags.
 from . import render
+
+#: every environment variable ferry reads: shown by --help, the man page and the README (a test checks that
+#: the source reads no other)
+ENVIRONMENT = [
+    ("FERRY_REGISTRY_USERNAME", "account for the target registry (push, diff, export from a registry)"),
+    ("FERRY_REGISTRY_PASSWORD", "its password (with -u: the password of that user)"),
+    ("FERRY_SOURCE_USERNAME", "account for the source registry of ferry copy"),
+    ("FERRY_SOURCE_PASSWORD", "its password"),
+    ("REGISTRY_AUTH_FILE", "containers auth.json to read credentials from (as podman and skopeo do)"),
+    ("XDG_RUNTIME_DIR", "holds containers/auth.json (podman login writes it there)"),
+    ("DOCKER_CONFIG", "folder of docker's config.json (default ~/.docker)"),
+    (
+        "AWS_ENDPOINT_URL",
+        "S3 endpoint for s3://BUCKET/PREFIX (also AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY and the rest of boto3's own)",
+    ),
+    ("FERRY_REGISTRY_LOG", "log level of the registries ferry demo starts (default error)"),
+]
 
 app = typer.Typer(
     name="ferry",
     help="Move a whole Docker registry into Harbor across an air gap: export the registry's storage tree into "
     "one checksummed bundle, verify it after the trip, then restore it into Harbor 1.x storage or push it "
     "into Harbor 2.x (or any registry).",
+    epilog="Environment: " + "; ".join(f"{var}: {what}" for var, what in ENVIRONMENT) + ".",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("ferry")
+
 T = TypeVar("T")
 _state = {"debug": False}
 
@@ -56,7 +74,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable 
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=0, help="Hashing threads (0: one per core).")]
 # the registry options of every command that talks to one (push, diff): one declaration, one meaning
 UsernameOpt = Annotated[
-    str | None, typer.Option("--username", "-u", help="Registry user (password from --password-stdin).")
+    Optional[str], typer.Option("--username", "-u", help="Registry user (password from --password-stdin).")
 ]
 PasswordStdinOpt = Annotated[
     bool,
@@ -66,7 +84,7 @@ PasswordStdinOpt = Annotated[
     ),
 ]
 CaCertOpt = Annotated[
-    Path | None, typer.Option("--ca-cert", help="CA certificate bundle for the registry's TLS.")
+    Optional[Path], typer.Option("--ca-cert", help="CA certificate bundle for the registry's TLS.")
 ]
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="Do not verify the registry's TLS certificate.")
@@ -75,7 +93,7 @@ RetriesOpt = Annotated[
     int, typer.Option("--retries", min=1, help="Attempts per request or upload on retryable errors.")
 ]
 PlatformOpt = Annotated[
-    list[str] | None,
+    Optional[list[str]],
     typer.Option(
         "--platform",
         help="os/arch or os/arch/variant (repeatable): of a multi-platform image, only these platforms' images; the "
@@ -85,7 +103,7 @@ PlatformOpt = Annotated[
 ]
 
 
-def parse_platforms(items: list[str] | None) -> tuple[str, ...]:
+def parse_platforms(items: Optional[list[str]]) -> tuple[str, ...]:
     out = []
     for p in items or ():
         parts = p.split("/")
@@ -98,7 +116,7 @@ def parse_platforms(items: list[str] | None) -> tuple[str, ...]:
 
 
 S3EndpointOpt = Annotated[
-    str | None,
+    Optional[str],
     typer.Option(
         "--s3-endpoint",
         help="With s3://BUCKET/PREFIX: the S3 endpoint URL (else AWS_ENDPOINT_URL, else AWS). Credentials: the "
@@ -106,24 +124,24 @@ S3EndpointOpt = Annotated[
         show_default=False,
     ),
 ]
-S3RegionOpt = Annotated[str | None, typer.Option("--s3-region", help="S3 region (else AWS_REGION).")]
-S3ProfileOpt = Annotated[str | None, typer.Option("--s3-profile", help="A profile of ~/.aws/credentials.")]
+S3RegionOpt = Annotated[Optional[str], typer.Option("--s3-region", help="S3 region (else AWS_REGION).")]
+S3ProfileOpt = Annotated[Optional[str], typer.Option("--s3-profile", help="A profile of ~/.aws/credentials.")]
 S3PathStyleOpt = Annotated[
-    bool | None,
+    Optional[bool],
     typer.Option(
         "--s3-path-style/--s3-virtual-host",
         help="Bucket addressing (default: path-style with a custom endpoint, as S3-compatible servers need).",
     ),
 ]
 HarborOpt = Annotated[
-    bool | None,
+    Optional[bool],
     typer.Option(
         "--harbor/--no-harbor",
         help="Treat the target as Harbor 2.x (default: detect via /api/v2.0/systeminfo).",
     ),
 ]
 MapOpt = Annotated[
-    list[str] | None, typer.Option("--map", help="Rename a repository prefix: OLD=NEW (repeatable).")
+    Optional[list[str]], typer.Option("--map", help="Rename a repository prefix: OLD=NEW (repeatable).")
 ]
 OverwriteOpt = Annotated[
     bool,
@@ -229,13 +247,13 @@ def export(
         bool, typer.Option("--untagged", help="Also export manifests no tag points to (by digest).")
     ] = False,
     include: Annotated[
-        list[str] | None,
+        Optional[list[str]],
         typer.Option(
             "--include", help="Only images matching this glob on 'repo' or 'repo:tag' (repeatable)."
         ),
     ] = None,
     exclude: Annotated[
-        list[str] | None,
+        Optional[list[str]],
         typer.Option(
             "--exclude", help="Leave out images matching this glob on 'repo' or 'repo:tag' (repeatable)."
         ),
@@ -248,7 +266,7 @@ def export(
     ] = False,
     platform: PlatformOpt = None,
     volume_size: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(
             "--volume-size",
             help="Split into BUNDLE.000, BUNDLE.001, … each at most this size (4G = 4·10⁹ bytes, fits FAT32; "
@@ -256,7 +274,7 @@ def export(
         ),
     ] = None,
     since: Annotated[
-        list[Path] | None,
+        Optional[list[Path]],
         typer.Option(
             "--since",
             help="An earlier bundle (file or volume set) or its receipt: write a delta that ships only the "
@@ -265,7 +283,7 @@ def export(
         ),
     ] = None,
     receipt: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             "--receipt",
             help="Also write this bundle's receipt here: its index alone (KBs), enough to --since against "
@@ -282,11 +300,20 @@ def export(
         ),
     ] = False,
     repos_from: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             "--repos-from",
             help="From a registry that does not list its repositories (/v2/_catalog refused): read these, "
             "one per line.",
+            show_default=False,
+        ),
+    ] = None,
+    with_kit: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--with-kit",
+            help="Carry ferry's offline install kit (made by `ferry kit -o DIR`) in the bundle, under "
+            "ferry/kit/: the far side installs with `tar -xf BUNDLE ferry/kit && sh ferry/kit/install.sh`.",
             show_default=False,
         ),
     ] = None,
@@ -318,11 +345,11 @@ def export(
     when complete. With --since it is a delta for the next wave of a migration.
     """
 
-    def go() -> ExportResult:
-        from bundler.export import ExportOptions
-        from bundler.export import run as run_export
-        from shared.bundle.tario import RECORD
-        from shared.storage.reader import Selection
+    def go() -> "ExportResult":
+        from ferry.bundler.export import ExportOptions
+        from ferry.bundler.export import run as run_export
+        from ferry.shared.bundle.tario import RECORD
+        from ferry.shared.storage.reader import Selection
 
         if output == "-" and sys.stdout.isatty():
             raise UsageError(
@@ -332,8 +359,8 @@ def export(
             raise UsageError(
                 f"-o {output}: is a directory; name the bundle file, e.g. {Path(output) / 'registry.tar'}"
             )
-        from shared.registry.client import ClientConfig
-        from shared.storage.s3fs import S3Config
+        from ferry.shared.registry.client import ClientConfig
+        from ferry.shared.storage.s3fs import S3Config
 
         config = None
         s3 = None
@@ -387,11 +414,12 @@ def export(
             since=tuple(since or ()),
             receipt=receipt,
             resume=resume,
+            with_kit=with_kit,
         )
         with render.progress(not quiet and not as_json) as on_progress:
             return run_export(opts, on_progress=on_progress)
 
-    def show(r: ExportResult) -> None:
+    def show(r: "ExportResult") -> None:
         where = ", ".join(str(p) for p in r.files) or "stdout"
         for s in r.skipped:
             render.err.print(
@@ -416,6 +444,8 @@ def export(
             )
         if r.resumed:
             render.err.print(f"resumed: {r.resumed} members ({render.human(r.resumed_bytes)}) kept")
+        if r.kit:
+            render.err.print(f"install kit: {len(r.kit)} files under ferry/kit/")
         for note in r.notes:
             render.err.print(f"[yellow]note[/]: {render.safe(note)}", soft_wrap=True)
         render.err.print(
@@ -452,14 +482,14 @@ def verify(
     A damaged bundle exits 1 and lists each bad member, the volume it sits in and the images it breaks.
     """
 
-    def go() -> VerifyResult:
-        from importer.verify import VerifyOptions
-        from importer.verify import run as run_verify
+    def go() -> "VerifyResult":
+        from ferry.importer.verify import VerifyOptions
+        from ferry.importer.verify import run as run_verify
 
         with render.progress(not quiet and not as_json) as on_progress:
             return run_verify(VerifyOptions(path=bundle, quick=quick, jobs=jobs), on_progress=on_progress)
 
-    def show(r: VerifyResult) -> None:
+    def show(r: "VerifyResult") -> None:
         rate = r.bytes / r.seconds / 1e6 if r.seconds else 0
         render.err.print(
             f"[green]ok[/] {render.safe(r.path)}: {r.members} members, {r.images} images, {render.human(r.bytes)} "
@@ -473,6 +503,12 @@ def verify(
                 + " before this one",
                 soft_wrap=True,
             )
+        if r.kit:
+            render.err.print(
+                f"carries ferry's install kit ({len(r.kit)} files): tar -xf {render.safe(r.path)} ferry/kit && "
+                "sh ferry/kit/install.sh",
+                soft_wrap=True,
+            )
 
     _execute(go, as_json=as_json, quiet=quiet, show=show)
 
@@ -481,7 +517,7 @@ def verify(
 def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Show what a bundle holds: repositories, tags, images, blobs, bytes, skipped items, source."""
 
-    def show(r: InspectResult) -> None:
+    def show(r: "InspectResult") -> None:
         d: dict[str, Any] = r.to_dict()
         src = d["source"]
         render.out.print(
@@ -533,8 +569,8 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
                     soft_wrap=True,
                 )
 
-    def go() -> InspectResult:
-        from importer.inspect import run as run_inspect
+    def go() -> "InspectResult":
+        from ferry.importer.inspect import run as run_inspect
 
         return run_inspect(bundle)
 
@@ -545,7 +581,7 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
 # restore
 
 
-def _show_restore(r: RestoreResult, overwrite: bool = False) -> None:
+def _show_restore(r: "RestoreResult", overwrite: bool = False) -> None:
     p = r.plan
     if r.dry_run:
         render.out.print(
@@ -603,7 +639,7 @@ def _show_restore(r: RestoreResult, overwrite: bool = False) -> None:
             render.err.print(f"  {i}. {render.safe(step)}", soft_wrap=True)
 
 
-def _show_push(r: PushResult, overwrite: bool = False) -> None:
+def _show_push(r: "PushResult", overwrite: bool = False) -> None:
     if r.dry_run:
         p: dict[str, Any] = r.plan
         render.out.print(
@@ -661,8 +697,8 @@ def _show_push(r: PushResult, overwrite: bool = False) -> None:
     )
 
 
-def parse_owner(text: str) -> Owner | None:
-    from shared.storage.writer import Owner
+def parse_owner(text: str) -> "Owner | None":
+    from ferry.shared.storage.writer import Owner
 
     if text == "keep":
         return None
@@ -717,18 +753,18 @@ def restore(
         ),
     ] = False,
     redis_url: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(
             "--redis-url",
             help="Clear Harbor's registry cache (Redis DB 1) at this URL, e.g. redis://host:6379.",
         ),
     ] = None,
     redis_dump: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option("--redis-dump", help="With Harbor stopped: remove this Redis dump file instead."),
     ] = None,
     harbor_url: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(
             "--harbor-url", help="Harbor 1.x URL: create missing projects and call syncregistry/syncquota."
         ),
@@ -764,11 +800,11 @@ def restore(
     Running it twice changes nothing.
     """
 
-    def go() -> RestoreResult:
-        from importer.harbor1 import HarborAccess
-        from importer.restore import RestoreOptions
-        from importer.restore import run as run_restore
-        from shared.registry.client import parse_url
+    def go() -> "RestoreResult":
+        from ferry.importer.harbor1 import HarborAccess
+        from ferry.importer.restore import RestoreOptions
+        from ferry.importer.restore import run as run_restore
+        from ferry.shared.registry.client import parse_url
 
         harbor = None
         if password_stdin and not harbor_url:
@@ -777,7 +813,7 @@ def restore(
             url = parse_url(harbor_url, option="--harbor-url", registry=False)
             pw = _password(password_stdin, bundle == "-", "FERRY_HARBOR_PASSWORD")
             harbor = HarborAccess(url, harbor_user, pw, verify=not insecure)
-        from shared.storage.s3fs import S3Config
+        from ferry.shared.storage.s3fs import S3Config
 
         s3 = None
         if root.startswith("s3://"):
@@ -819,17 +855,17 @@ def restore(
 
 def _registry_access(
     registry: str,
-    username: str | None,
+    username: Optional[str],
     password_stdin: bool,
-    ca_cert: Path | None,
+    ca_cert: Optional[Path],
     insecure: bool,
     *,
     bundle_on_stdin: bool,
-) -> tuple[str, Credentials | None]:
+) -> "tuple[str, Credentials | None]":
     """The registry options every command that talks to one takes (push, diff), checked the same way
     before anything is opened: the URL, the CA bundle, and the credentials (-u with --password-stdin or
     FERRY_REGISTRY_PASSWORD, else FERRY_REGISTRY_USERNAME/PASSWORD or the docker config)."""
-    from shared.registry.client import credentials_from, parse_url, ssl_context
+    from ferry.shared.registry.client import credentials_from, parse_url, ssl_context
 
     if password_stdin and not username:
         raise UsageError(
@@ -848,7 +884,7 @@ def _registry_access(
     return url, credentials_from(registry, username, password)
 
 
-def parse_map(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+def parse_map(items: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
     out = []
     for item in items or []:
         old, sep, new = item.partition("=")
@@ -915,9 +951,9 @@ def push(
     an interrupted run left and uploads nothing twice. Exits 1 if any image failed.
     """
 
-    def go() -> PushResult:
-        from importer.push import PushOptions
-        from importer.push import run as run_push
+    def go() -> "PushResult":
+        from ferry.importer.push import PushOptions
+        from ferry.importer.push import run as run_push
 
         url, credentials = _registry_access(
             registry, username, password_stdin, ca_cert, insecure, bundle_on_stdin=bundle == "-"
@@ -966,28 +1002,28 @@ def copy(
         ),
     ],
     include: Annotated[
-        list[str] | None, typer.Option("--include", help="Only images matching this glob.")
+        Optional[list[str]], typer.Option("--include", help="Only images matching this glob.")
     ] = None,
     exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="Leave out images matching this glob.")
+        Optional[list[str]], typer.Option("--exclude", help="Leave out images matching this glob.")
     ] = None,
     skip_broken: Annotated[
         bool, typer.Option("--skip-broken", help="Copy the intact images, report the broken ones.")
     ] = False,
     platform: PlatformOpt = None,
     repos_from: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option("--repos-from", help="Repositories of a source registry that does not list them."),
     ] = None,
     src_username: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(
             "--src-username",
             help="Source registry user; the password from FERRY_SOURCE_PASSWORD (or the docker config).",
         ),
     ] = None,
     src_ca_cert: Annotated[
-        Path | None, typer.Option("--src-ca-cert", help="CA bundle for the source's TLS.")
+        Optional[Path], typer.Option("--src-ca-cert", help="CA bundle for the source's TLS.")
     ] = None,
     src_insecure: Annotated[
         bool, typer.Option("--src-insecure", help="Do not verify the source registry's TLS certificate.")
@@ -1018,13 +1054,13 @@ def copy(
     """
     registry_target = target.startswith(("docker://", "http://", "https://"))
 
-    def go() -> PushResult | RestoreResult:
-        from importer.copy import CopyOptions
-        from importer.copy import run as run_copy
-        from importer.push import PushOptions
-        from importer.restore import RestoreOptions
-        from shared.registry.client import ClientConfig, credentials_from, parse_url, ssl_context
-        from shared.storage.reader import Selection
+    def go() -> "PushResult | RestoreResult":
+        from ferry.importer.copy import CopyOptions
+        from ferry.importer.copy import run as run_copy
+        from ferry.importer.push import PushOptions
+        from ferry.importer.restore import RestoreOptions
+        from ferry.shared.registry.client import ClientConfig, credentials_from, parse_url, ssl_context
+        from ferry.shared.storage.reader import Selection
 
         src_config = None
         if source.startswith(("docker://", "http://", "https://")):
@@ -1094,8 +1130,8 @@ def copy(
         with render.progress(not quiet and not as_json) as on_progress:
             return run_copy(opts, on_progress=on_progress)
 
-    def show(r: PushResult | RestoreResult) -> None:
-        from importer.push import PushResult as Pushed
+    def show(r: "PushResult | RestoreResult") -> None:
+        from ferry.importer.push import PushResult as Pushed
 
         if isinstance(r, Pushed):
             _show_push(r, overwrite)
@@ -1103,7 +1139,7 @@ def copy(
             _show_restore(r, overwrite)
 
     result = _execute(go, as_json=as_json, quiet=quiet, show=show)
-    from importer.push import PushResult as Pushed
+    from ferry.importer.push import PushResult as Pushed
 
     if (isinstance(result, Pushed) and result.failed) or (
         not isinstance(result, Pushed) and result.tags_kept
@@ -1124,14 +1160,14 @@ def receipt(
     """Write a bundle's receipt: its index alone, a few KB to MB, which `ferry export --since` takes in
     place of the bundle, so the bundle itself need not be kept on the export side."""
 
-    def go() -> ReceiptResult:
-        from shared.bundle.receipt import extract
+    def go() -> "ReceiptResult":
+        from ferry.shared.bundle.receipt import extract
 
         if output.is_dir():
             raise UsageError(f"-o {output}: is a directory; name the receipt file")
         return extract(bundle, output)
 
-    def show(r: ReceiptResult) -> None:
+    def show(r: "ReceiptResult") -> None:
         render.err.print(
             f"[green]receipt[/] of bundle {r.bundle_id} (created {r.created}): {r.tags} tags, "
             f"{r.manifests} manifests, {r.blobs} blobs in {render.human(r.bytes)} → {render.safe(r.output)}",
@@ -1145,10 +1181,11 @@ def receipt(
 def diff(
     bundle: BundleArg,
     registry: Annotated[
-        str | None, typer.Option("--registry", help="Compare with this registry (as push would fill it).")
+        Optional[str], typer.Option("--registry", help="Compare with this registry (as push would fill it).")
     ] = None,
     root: Annotated[
-        Path | None, typer.Option("--root", help="Compare with this storage root (as restore would fill it).")
+        Optional[Path],
+        typer.Option("--root", help="Compare with this storage root (as restore would fill it)."),
     ] = None,
     deep: Annotated[
         bool,
@@ -1179,9 +1216,9 @@ def diff(
     when the target holds everything the bundle holds, 1 otherwise: the check after an import.
     """
 
-    def go() -> DiffResult:
-        from importer.diff import DiffOptions
-        from importer.diff import run as run_diff
+    def go() -> "DiffResult":
+        from ferry.importer.diff import DiffOptions
+        from ferry.importer.diff import run as run_diff
 
         url = credentials = None
         if registry is not None:
@@ -1205,7 +1242,7 @@ def diff(
             )
         )
 
-    def show(r: DiffResult) -> None:
+    def show(r: "DiffResult") -> None:
         for e in r.entries:
             if e.status != "ok":
                 detail = f" (target {e.target}, bundle {e.bundle})" if e.status == "different" else ""
@@ -1228,6 +1265,89 @@ def diff(
     result = _execute(go, as_json=as_json, quiet=quiet, show=show)
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def kit(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The folder to write the kit to.", show_default=False)
+    ],
+    python: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--python",
+            help="CPython version the far side runs (repeatable; default: 3.9 to 3.13).",
+            show_default=False,
+        ),
+    ] = None,
+    arch: Annotated[
+        Optional[list[str]],
+        typer.Option("--arch", help="x86_64 or aarch64 (repeatable; default: both).", show_default=False),
+    ] = None,
+    wheel: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--wheel",
+            help="ferry's own wheel (default: built from this checkout, or repacked from the installed "
+            "ferry).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing kit folder.")] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write an offline install kit (ferry's wheel, every dependency, install.sh) on a machine that reaches PyPI.
+
+    The kit holds wheels for CPython 3.9 to 3.13 on Linux x86_64 and aarch64.
+
+    On the air-gapped host: sh install.sh (a venv with the host's python3, or pipx; no network). Carry it
+    inside a bundle with export --with-kit DIR.
+    """
+
+    def go() -> "KitResult":
+        from ferry.bundler.kit import ARCHES, PYTHONS, KitOptions
+        from ferry.bundler.kit import run as run_kit
+
+        from . import manpage
+
+        page = manpage.render(typer.main.get_command(app), ENVIRONMENT)
+        opts = KitOptions(
+            output=output,
+            pythons=tuple(python or PYTHONS),
+            arches=tuple(arch or ARCHES),
+            wheel=wheel,
+            force=force,
+            extra=(("ferry.1", page.encode()),),
+        )
+        with render.status(not quiet and not as_json, "fetching wheels"):
+            return run_kit(opts)
+
+    def show(r: "KitResult") -> None:
+        render.err.print(
+            f"[green]kit[/] {render.safe(str(r.path))}: {len(r.files)} files, {render.human(r.bytes)} for "
+            f"CPython {', '.join(r.pythons)} on {', '.join(r.arches)} in {r.seconds:.1f}s; on the far side: "
+            f"sh {render.safe(str(r.path))}/install.sh",
+            soft_wrap=True,
+        )
+
+    _execute(go, as_json=as_json, quiet=quiet, show=show)
+
+
+@app.command(hidden=True)
+def manpage(
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write here (default: stdout).")
+    ] = None,
+) -> None:
+    """Print ferry(1), rendered from the same help as --help (make man)."""
+    from . import manpage as mp
+
+    page = mp.render(typer.main.get_command(app), ENVIRONMENT)
+    if output is None:
+        sys.stdout.write(page)
+    else:
+        output.write_text(page, encoding="utf-8")
 
 
 @app.command()

@@ -14,20 +14,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
-from importer.inspect import run as inspect
-from importer.push import PushOptions
-from importer.push import run as push
-from importer.restore import RestoreOptions
-from importer.restore import run as restore
-from importer.verify import VerifyOptions
-from importer.verify import run as verify
-from shared.memory import MemoryRegistry, MemorySource, sample_layer
-from shared.model import Catalog
-from shared.storage.reader import Selection
-from shared.storage.writer import StorageTreeSink
-from shared.transfer import copy
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
+from ferry.importer.inspect import run as inspect
+from ferry.importer.push import PushOptions
+from ferry.importer.push import run as push
+from ferry.importer.restore import RestoreOptions
+from ferry.importer.restore import run as restore
+from ferry.importer.verify import VerifyOptions
+from ferry.importer.verify import run as verify
+from ferry.shared.memory import MemoryRegistry, MemorySource, sample_layer
+from ferry.shared.model import Catalog
+from ferry.shared.storage.reader import Selection
+from ferry.shared.storage.writer import StorageTreeSink
+from ferry.shared.transfer import copy
 
 from . import render
 from .localregistry import REGISTRY_BIN, Registry

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import FerryError
-from shared.progress import Progress as ProgressEvent
-from shared.progress import ProgressCallback, no_progress
+from ferry.shared.errors import FerryError
+from ferry.shared.progress import Progress as ProgressEvent
+from ferry.shared.progress import ProgressCallback, no_progress
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -149,6 +149,16 @@ def progress(enabled: bool) -> Iterator[ProgressCallback]:
 
     with bars:
         yield on
+
+
+@contextmanager
+def status(enabled: bool, what: str) -> Iterator[None]:
+    """A spinner on stderr for work that has no byte count (fetching a kit), when stderr is a terminal."""
+    if not enabled or not _console(True).is_terminal:
+        yield
+        return
+    with _console(True).status(what):
+        yield
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:

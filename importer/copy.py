@@ -14,22 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.bundle.format import INDEX_MEMBER
-from shared.bundle.source import open_source
-from shared.bundle.tario import volume_name
-from shared.progress import ProgressCallback, no_progress
-from shared.registry.client import ClientConfig, RegistryClient, connect
-from shared.registry.source import RegistryScanOptions, RegistrySource, scan_registry
-from shared.storage.fs import open_tree
-from shared.storage.reader import ScanOptions, Selection, TreeSource, scan
-from shared.store import ImageSource
+from ferry.shared.bundle.format import INDEX_MEMBER
+from ferry.shared.bundle.source import open_source
+from ferry.shared.bundle.tario import volume_name
+from ferry.shared.progress import ProgressCallback, no_progress
+from ferry.shared.registry.client import ClientConfig, RegistryClient, connect
+from ferry.shared.registry.source import RegistryScanOptions, RegistrySource, scan_registry
+from ferry.shared.storage.fs import open_tree
+from ferry.shared.storage.reader import ScanOptions, Selection, TreeSource, scan
+from ferry.shared.store import ImageSource
 
 from . import push, restore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class CopyOptions:
     #: a storage tree or a bundle (path), unless ``source_registry`` is given
     source: str

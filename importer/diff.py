@@ -18,18 +18,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.bundle.reader import Bundle
-from shared.digest import CHUNK, Digest
-from shared.errors import UsageError
-from shared.manifest import SCHEMA1_TYPES
-from shared.model import Catalog
-from shared.registry.client import MANIFEST_ACCEPT, ClientConfig, Credentials, RegistryClient
-from shared.storage.paths import BlobData, LayerLink, ManifestRevisionLink, StorageLayout, TagCurrentLink
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.digest import CHUNK, Digest
+from ferry.shared.errors import UsageError
+from ferry.shared.manifest import SCHEMA1_TYPES
+from ferry.shared.model import Catalog
+from ferry.shared.registry.client import MANIFEST_ACCEPT, ClientConfig, Credentials, RegistryClient
+from ferry.shared.storage.paths import (
+    BlobData,
+    LayerLink,
+    ManifestRevisionLink,
+    StorageLayout,
+    TagCurrentLink,
+)
 
 from .names import map_names
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class DiffOptions:
     bundle: Path
     #: exactly one of the two
@@ -150,7 +156,7 @@ def _compare(
     unique = list(dict.fromkeys(asks))  # an index child listed by two indexes is asked once
     answers = manifests_at([(a[1], a[2]) for a in unique])
     entries = []
-    for (kind, target, ref, d), got in zip(unique, answers, strict=True):
+    for (kind, target, ref, d), got in zip(unique, answers):
         status = "ok" if got == d else "missing" if got is None else "different"
         entries.append(Entry(f"{target}:{ref}" if kind == "tag" else f"{target}@{ref}", kind, status, d, got))
     return entries, skipped
@@ -194,9 +200,7 @@ def _diff_registry(catalog: Catalog, opts: DiffOptions) -> DiffResult:
         answers = client.head_many(
             [f"/v2/{repo}/blobs/{d}" for repo, d in wanted], attempts=opts.retries, jobs=opts.jobs
         )
-        blobs = [
-            (r, d, "missing") for (r, d), (status, _) in zip(wanted, answers, strict=True) if status != 200
-        ]
+        blobs = [(r, d, "missing") for (r, d), (status, _) in zip(wanted, answers) if status != 200]
     finally:
         client.close()
     return DiffResult(opts.registry, tuple(entries), tuple(blobs), tuple(skipped), checked_blobs=len(wanted))
@@ -271,7 +275,7 @@ def _diff_root(catalog: Catalog, opts: DiffOptions) -> DiffResult:
             catalog, names, lambda refs: list(pool.map(lambda x: manifest_at(*x), refs)), skip_schema1=False
         )
         wanted = [(names[r.name], b) for r in catalog.repositories for b in catalog.repository_blobs(r)]
-        blobs = [(r, d, p) for (r, d), p in zip(wanted, pool.map(blob_problem, wanted), strict=True) if p]
+        blobs = [(r, d, p) for (r, d), p in zip(wanted, pool.map(blob_problem, wanted)) if p]
     return DiffResult(str(opts.root), tuple(entries), tuple(blobs), tuple(skipped), checked_blobs=len(wanted))
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.errors import FerryError, UsageError
-from shared.manifest import INDEX_TYPES, MediaType
-from shared.model import Catalog
+from ferry.shared.errors import FerryError, UsageError
+from ferry.shared.manifest import INDEX_TYPES, MediaType
+from ferry.shared.model import Catalog
 
 if TYPE_CHECKING:
     import httpx
@@ -60,7 +60,7 @@ def flush_registry_cache(url: str) -> int:
     """Delete the registry's cache keys from Redis DB 1 (whatever DB the URL names); returns how many."""
     import redis  # only restores that talk to Redis pay for importing the client
 
-    from shared.registry.client import redact
+    from ferry.shared.registry.client import redact
 
     client = redis.Redis.from_url(url, db=HARBOR_REGISTRY_DB, socket_timeout=10, socket_connect_timeout=10)
     deleted = 0
@@ -153,7 +153,7 @@ def api_limits(catalog: Catalog) -> tuple[str, ...]:
 def sync_harbor(access: HarborAccess, projects: list[str]) -> HarborSync:
     import httpx  # only restores that talk to Harbor pay for importing the HTTP client
 
-    from shared.registry.client import NoCookies
+    from ferry.shared.registry.client import NoCookies
 
     with httpx.Client(
         base_url=access.url.rstrip("/"),

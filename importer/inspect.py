@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.bundle.format import BundleInfo
-from shared.bundle.reader import Bundle
-from shared.delta import wave
-from shared.model import Catalog
+from ferry.shared.bundle.format import BundleInfo
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.delta import wave
+from ferry.shared.model import Catalog
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from shared.errors import UsageError
-from shared.model import Catalog
-from shared.storage.paths import valid_repository
+from ferry.shared.errors import UsageError
+from ferry.shared.model import Catalog
+from ferry.shared.storage.paths import valid_repository
 
 from .harbor1 import PROJECT_RE
 

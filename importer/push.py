@@ -3,7 +3,7 @@
 Before the first upload: the bundle is opened (a file is checked completely), names are mapped to what the
 target accepts (Harbor: every repository needs a project; ``--map old=new`` rewrites prefixes, a one-level
 name goes to ``--default-project``), invalid names are reported all at once, and missing Harbor projects are
-created.  Then the copy algorithm runs against :class:`~importer.registry.sink.RegistrySink` and the result
+created.  Then the copy algorithm runs against :class:`~ferry.importer.registry.sink.RegistrySink` and the result
 is reported per image: pushed, skipped (with why), or failed (with why).
 """
 
@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
-from shared.bundle.source import open_source
-from shared.delta import base_missing
-from shared.errors import RegistryError
-from shared.manifest import SCHEMA1_TYPES
-from shared.model import Catalog
-from shared.progress import ProgressCallback, no_progress
-from shared.registry.client import (
+from ferry.shared.bundle.source import open_source
+from ferry.shared.delta import base_missing
+from ferry.shared.errors import RegistryError
+from ferry.shared.manifest import SCHEMA1_TYPES
+from ferry.shared.model import Catalog
+from ferry.shared.progress import ProgressCallback, no_progress
+from ferry.shared.registry.client import (
     MANIFEST_ACCEPT,
     ClientConfig,
     Credentials,
@@ -31,8 +31,8 @@ from shared.registry.client import (
     detect_harbor,
     with_retries,
 )
-from shared.store import ImageSource
-from shared.transfer import copy
+from ferry.shared.store import ImageSource
+from ferry.shared.transfer import copy
 
 from .names import map_names
 from .registry.sink import RegistrySink
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class PushOptions:
     bundle: str  # path or "-"
     registry: str  # URL

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.bundle.source import open_source
-from shared.delta import base_missing
-from shared.errors import FerryError, OutputError, UsageError
-from shared.model import Catalog
-from shared.progress import ProgressCallback, no_progress
-from shared.storage.paths import StorageLayout, TagsDir
-from shared.storage.s3fs import S3Config
-from shared.storage.s3sink import S3TreeSink
-from shared.storage.writer import (
+from ferry.shared.bundle.source import open_source
+from ferry.shared.delta import base_missing
+from ferry.shared.errors import FerryError, OutputError, UsageError
+from ferry.shared.model import Catalog
+from ferry.shared.progress import ProgressCallback, no_progress
+from ferry.shared.storage.paths import StorageLayout, TagsDir
+from ferry.shared.storage.s3fs import S3Config
+from ferry.shared.storage.s3sink import S3TreeSink
+from ferry.shared.storage.writer import (
     Owner,
     RestoreStats,
     RootClaim,
@@ -33,8 +33,8 @@ from shared.storage.writer import (
     existing_blobs,
     tag_target,
 )
-from shared.store import ImageSource
-from shared.transfer import copy
+from ferry.shared.store import ImageSource
+from ferry.shared.transfer import copy
 
 from . import harbor1
 from .names import map_names, rename
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 HARBOR_OWNER = Owner(10000, 10000)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class RestoreOptions:
     bundle: str  # a path, or "-" for stdin
     root: Path

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.manifest import ManifestError, MediaType
+from ferry.shared.manifest import ManifestError, MediaType
 
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # what containers/image writes for a missing time
@@ -54,7 +54,7 @@ def _entries(raw: bytes) -> list[_Entry]:
             raise ManifestError(f"{len(history)} history entries for {len(layers)} fsLayers")
         entries = [
             _Entry(str(fs["blobSum"]), json.loads(h["v1Compatibility"]), h["v1Compatibility"])
-            for fs, h in zip(layers, history, strict=True)
+            for fs, h in zip(layers, history)
         ]
     except (ValueError, KeyError, TypeError) as err:
         raise ManifestError(f"schema 1 manifest cannot be converted: {err}") from None

@@ -18,21 +18,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.bundle.format import (
+from ferry.shared.bundle.format import (
     INDEX_MEMBER,
     TRAILER_MEMBER,
     member_digest,
 )
-from shared.bundle.reader import Bundle, Member, plan_from_trailer
-from shared.bundle.tario import VolumeSet
-from shared.digest import xxh3_of
-from shared.errors import BundleDamaged
-from shared.hashing import Check, CheckProcess, Mismatches, Xxh3s, check_mapped
-from shared.model import Base
-from shared.progress import Progress, ProgressCallback, no_progress
+from ferry.shared.bundle.reader import Bundle, Member, plan_from_trailer
+from ferry.shared.bundle.tario import VolumeSet
+from ferry.shared.digest import xxh3_of
+from ferry.shared.errors import BundleDamaged
+from ferry.shared.hashing import Check, CheckProcess, Mismatches, Xxh3s, check_mapped
+from ferry.shared.model import Base
+from ferry.shared.progress import Progress, ProgressCallback, no_progress
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class VerifyOptions:
     path: Path
     quick: bool = False
@@ -50,6 +50,8 @@ class VerifyResult:
     seconds: float
     #: a delta: the earlier bundles the target must have received first
     bases: tuple[Base, ...] = ()
+    #: the files of ferry's install kit the bundle carries (``ferry/kit/<name>``), each checked by sha256
+    kit: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -62,6 +64,7 @@ class VerifyResult:
             "check": "xxh3" if self.quick else "xxh3+sha256",
             "delta": bool(self.bases),
             "bases": [{"bundleId": b.bundle_id, "created": b.created} for b in self.bases],
+            "kit": list(self.kit),
             "seconds": round(self.seconds, 3),
         }
 
@@ -159,7 +162,7 @@ def _verify(
     skip = _ahead_count(plan, b.index_member.size, jobs, b.data.size) if ahead is not None else 0
     early: dict[str, Member] = {}
     early_checks: list[Check] = []
-    for d, m in zip(b.order[skip:], plan[skip:], strict=False):
+    for d, m in zip(b.order[skip:], plan[skip:]):
         if m.offset + m.size <= b.data.size:
             early[m.name] = m
             early_checks.append(_blob_check(b.data, m, d))  # the index's digests were checked on open
@@ -179,6 +182,7 @@ def _verify(
         if m.name != TRAILER_MEMBER:
             members.setdefault(m.name, m)
     checks: list[Check] = []
+    kit = {k.member: k for k in b.info.kit}
     for name, m in members.items():
         if (
             name == INDEX_MEMBER
@@ -190,6 +194,8 @@ def _verify(
         digest = None if opts.quick else member_digest(name)
         if digest is not None:
             checks.append(_blob_check(b.data, m, digest))
+        elif name in kit and not opts.quick:  # a kit file against the sha256 the index gives it
+            checks.append((name, b.data.pieces(m.offset, m.size), "sha256", kit[name].sha256))
         else:
             checks.append((name, b.data.pieces(m.offset, m.size), None, None))
     bad, xxh3s = check_mapped(checks, jobs)
@@ -214,6 +220,7 @@ def _verify(
         quick=opts.quick,
         seconds=time.monotonic() - started,
         bases=catalog.bases if catalog.carried else (),
+        kit=tuple(k.name for k in b.info.kit),
     )
 
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Optional, Union, cast
 
 import xxhash
 
@@ -36,7 +36,7 @@ class RangeHashes:
 #: only reads short).  A mapping is faster (no copy, about 1.5x here) but only safe on files nobody
 #: truncates while ferry reads them, such as a bundle being verified: reading a page past a file's end is
 #: SIGBUS, not an error.  Map a file once: unmapping many small regions costs TLB shootdowns.
-Piece = tuple[str | memoryview, int, int]
+Piece = tuple[Union[str, memoryview], int, int]
 #: bytes hashed per call on mapped data: hashlib releases the GIL for the whole call
 MAP_STEP = 4 << 20
 
@@ -55,7 +55,7 @@ class HashJob:
 
 
 #: called on a worker thread, under the pool's lock: (job, hashes or the OSError that stopped reading)
-ResultCallback = Callable[[HashJob, RangeHashes | OSError], None]
+ResultCallback = Callable[[HashJob, Union[RangeHashes, OSError]], None]
 
 
 class HashPool:
@@ -124,7 +124,7 @@ class HashProcess:
     Threads cannot do this: a walk of a storage tree is tens of thousands of tiny system calls, and
     hashing threads beside it took the GIL from it so often that the two together ran slower than one
     after the other (2.7 s against 1.7 s on a 5000-tag tree).  A child has its own interpreter (a
-    :class:`~shared.worker.Worker`).  Jobs go to it in batches; results come back in batches, read by a
+    :class:`~ferry.shared.worker.Worker`).  Jobs go to it in batches; results come back in batches, read by a
     thread here as they arrive (so the child never waits on a full pipe, and results are usable before
     the last one is in).
 
@@ -291,7 +291,7 @@ def _hash_mapped(view: memoryview, offset: int, size: int, h: Any, x: Any) -> No
 
 
 #: (key, pieces of a mapping, content digest algorithm or None, its expected hex or None)
-Check = tuple[str, Sequence[tuple[memoryview, int, int]], str | None, str | None]
+Check = tuple[str, Sequence[tuple[memoryview, int, int]], Optional[str], Optional[str]]
 #: key -> (algorithm, actual hex) of every content digest that did not match
 Mismatches = dict[str, tuple[str, str]]
 #: key -> the xxh3-128 of what was hashed, for every check: compared with the trailer by the caller
@@ -341,7 +341,7 @@ Planner = Callable[[], tuple[Sequence[Check], Any]]
 
 
 class CheckProcess:
-    """:func:`check_mapped` on one core in a forked child (a :class:`~shared.worker.Worker`), for work that
+    """:func:`check_mapped` on one core in a forked child (a :class:`~ferry.shared.worker.Worker`), for work that
     must overlap this process's own Python (decoding a bundle index) without sharing its GIL.
 
     ``plan`` runs in the child, so that planning too is off this process's path; the mappings it points

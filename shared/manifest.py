@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 from typing import Any
 
 from .digest import Digest
 
 
-class MediaType(StrEnum):
+class MediaType(str, Enum):
     DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
     DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
     DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
@@ -24,6 +24,13 @@ class MediaType(StrEnum):
     OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
     OCI_INDEX = "application/vnd.oci.image.index.v1+json"
     DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+    # a str in every context (f-strings, str(), msgpack, JSON) as enum.StrEnum is, which Python 3.9 lacks
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str(self), spec)
 
 
 INDEX_TYPES = frozenset({MediaType.DOCKER_LIST, MediaType.OCI_INDEX})

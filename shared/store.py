@@ -2,7 +2,7 @@
 
 Every medium ferry moves images between is one of these: the storage tree (source on export, sink on
 restore), the bundle (sink on export, source on import), a registry (sink on push).  The copy algorithm,
-:func:`shared.transfer.copy`, is written once against these Protocols.
+:func:`ferry.shared.transfer.copy`, is written once against these Protocols.
 
 Contract
 --------
@@ -65,7 +65,7 @@ class ImageSource(Protocol):
     def contents(self) -> Iterator[BlobContent]:
         """Every blob and manifest of the catalog once, in the order above.
 
-        Raises a :class:`~shared.errors.FerryError` at the end when the source turns out to be incomplete or
+        Raises a :class:`~ferry.shared.errors.FerryError` at the end when the source turns out to be incomplete or
         damaged (a bundle whose trailer is missing or wrong), so the copy never reaches the tags."""
         ...
 
@@ -101,7 +101,7 @@ class DeltaSink(Protocol):
 
     Call order: ``check_carried`` before ``begin``, writing nothing; it returns every (where, digest) the
     target lacks (``where``: a repository, or None for the storage's blob data), and the copy stops with
-    :class:`~shared.errors.BaseMissing` if there is any.  After ``begin``, ``put_carried`` once per carried
+    :class:`~ferry.shared.errors.BaseMissing` if there is any.  After ``begin``, ``put_carried`` once per carried
     digest, blobs first, then manifests children first, all before the first ``put_blob``: it makes the
     digest, which the target holds somewhere, available in ``repos`` (a link, a mount, a copy of a
     manifest).  Nothing carried is verified here: it was, when its base was imported."""

@@ -1,4 +1,4 @@
-"""The copy algorithm, written once for every source and sink (see :mod:`shared.store` for the contract)."""
+"""The copy algorithm, written once for every source and sink (see :mod:`ferry.shared.store` for the contract)."""
 
 from __future__ import annotations
 

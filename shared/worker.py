@@ -13,7 +13,7 @@ strings.  :class:`Worker` does it once:
 * the child does not hold the caller's stdin and stdout (both become ``/dev/null``); stderr stays, for logs;
 * SIGTERM in the child raises ``SystemExit``, so its ``finally`` blocks run (a writer removes its temp
   files) before it exits; SIGINT is ignored there: Ctrl-C is the parent's to handle, which then aborts it;
-* errors come back one way: a :class:`~shared.errors.FerryError` raised in the child is raised again in
+* errors come back one way: a :class:`~ferry.shared.errors.FerryError` raised in the child is raised again in
   the parent with its code, message, hint and exit code; anything else as :class:`WorkerError`.
 
 Contract: ``target(channel, *args)`` runs in the child; it reads what the parent :meth:`Worker.send`\\ s with

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ferry.cli import app, parse_size
-from shared.errors import UsageError
+from ferry.shared.errors import UsageError
 
 runner = CliRunner()
 
@@ -53,7 +53,7 @@ def test_parse_size() -> None:
 
 
 def test_export_parses_options_into_one_library_call(tmp_path: Path) -> None:
-    with mock.patch("bundler.export.run") as run:
+    with mock.patch("ferry.bundler.export.run") as run:
         run.return_value.to_dict.return_value = {}
         r = runner.invoke(
             app,
@@ -119,7 +119,7 @@ def test_option_mistakes_are_usage_errors_named_by_their_option(args: list[str],
 
 
 def test_registry_urls_as_operators_write_them() -> None:
-    from shared.registry.client import parse_url
+    from ferry.shared.registry.client import parse_url
 
     assert parse_url("docker://harbor.example.com") == "https://harbor.example.com"
     assert parse_url("harbor.example.com:8443/") == "https://harbor.example.com:8443"
@@ -131,7 +131,7 @@ def test_text_from_data_is_printed_literally(capsys: pytest.CaptureFixture[str])
     """Names, tags and registry messages are data: no emoji codes (`:link:` was printed as 🔗), no console
     markup, control characters written out."""
     from ferry import render
-    from shared.errors import RegistryError
+    from ferry.shared.errors import RegistryError
 
     render._console.cache_clear()
     render.render_error(

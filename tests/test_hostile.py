@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from shared.bundle.format import INDEX_MEMBER, OCI_LAYOUT_MEMBER, TRAILER_MEMBER
+from ferry.shared.bundle.format import INDEX_MEMBER, OCI_LAYOUT_MEMBER, TRAILER_MEMBER
 from tests.support.hostile import Entry, Parts, load, nil_bomb, write, zero_frame
 from tests.support.zoo import Zoo
 
@@ -494,8 +494,8 @@ def test_index_bombs_are_refused_in_bounded_memory(good: Path, tmp_path: Path) -
         code = (
             "import resource, sys\n"
             "from pathlib import Path\n"
-            "from importer.inspect import run\n"
-            "from shared.errors import BundleFormatError\n"
+            "from ferry.importer.inspect import run\n"
+            "from ferry.shared.errors import BundleFormatError\n"
             "soft = resource.getrlimit(resource.RLIMIT_AS)[0]\n"
             f"resource.setrlimit(resource.RLIMIT_AS, ({1 << 30}, {1 << 30}))\n"
             "try:\n"

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from bench.trees import TreeWriter
-from bundler.export import ExportOptions
-from bundler.export import run as export
-from importer.push import PushOptions
-from importer.push import run as push
-from shared.bundle.reader import Bundle
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
+from ferry.importer.push import PushOptions
+from ferry.importer.push import run as push
+from ferry.shared.bundle.reader import Bundle
 from tests.support.checks import assert_tree_consistent, validate_bundle
 from tests.support.proxy import Proxy
 from tests.support.registry import Registry

@@ -16,20 +16,20 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from importer.diff import DiffOptions
-from importer.diff import run as diff
-from importer.push import PushOptions
-from importer.push import run as push
-from importer.restore import RestoreOptions
-from importer.restore import run as restore
-from importer.verify import VerifyOptions
-from importer.verify import run as verify
-from shared.bundle.format import DELTA_VERSION, blob_member
-from shared.bundle.reader import Bundle
-from shared.errors import BaseMissing
+from ferry.importer.diff import DiffOptions
+from ferry.importer.diff import run as diff
+from ferry.importer.push import PushOptions
+from ferry.importer.push import run as push
+from ferry.importer.restore import RestoreOptions
+from ferry.importer.restore import run as restore
+from ferry.importer.verify import VerifyOptions
+from ferry.importer.verify import run as verify
+from ferry.shared.bundle.format import DELTA_VERSION, blob_member
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.errors import BaseMissing
 from tests.support.checks import assert_tree_consistent, tags_of, validate_bundle
 from tests.support.images import Layout, make_layer
 from tests.support.registry import Registry, push_layout
@@ -295,8 +295,8 @@ def test_a_reader_that_knows_only_1x_refuses_a_delta_clearly(
     waves: Waves, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a ferry from before deltas does with one: it checks the major version first."""
-    import shared.bundle.format as fmt
-    from shared.errors import BundleVersionError
+    import ferry.shared.bundle.format as fmt
+    from ferry.shared.errors import BundleVersionError
 
     monkeypatch.setattr(fmt, "MAJORS", (1,))
     with pytest.raises(BundleVersionError, match=r"version 2\.0 is newer than this ferry understands"):

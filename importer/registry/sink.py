@@ -1,4 +1,4 @@
-"""A registry as an :class:`~shared.store.ImageSink`: the Registry V2 push flow, concurrent and resumable.
+"""A registry as an :class:`~ferry.shared.store.ImageSink`: the Registry V2 push flow, concurrent and resumable.
 
 Per blob and target repository: skip it if the registry has it (HEAD; not asked in a repository the
 registry's catalog does not list, which holds no blob yet), else mount it from a repository this
@@ -12,7 +12,7 @@ digest the registry answers must equal the bundle's.  Children go before their i
 its blobs, tags last.  A tagged image is PUT by tag (one request, not digest then tag); everything else by
 digest.  Outcomes are kept per (repository, digest), so one refused image does not stop the others.
 
-Who verifies (the contract of :mod:`shared.store`): blob bytes are checked by the registry itself, which
+Who verifies (the contract of :mod:`ferry.shared.store`): blob bytes are checked by the registry itself, which
 hashes every upload and refuses a mismatch on the closing PUT (``DIGEST_INVALID``); manifest bytes are hashed
 here before they are sent, and the digest the registry answers is compared with the bundle's.
 """
@@ -35,15 +35,15 @@ from typing import BinaryIO, cast
 
 import httpx
 
-from shared.digest import CHUNK
-from shared.errors import RegistryError
-from shared.manifest import SCHEMA1_TYPES, ManifestError, MediaType
-from shared.model import Catalog, Manifest
-from shared.progress import Progress, ProgressCallback, no_progress
-from shared.registry.client import MANIFEST_ACCEPT, RegistryClient, with_retries
-from shared.registry.source import BlobStream
-from shared.storage.fs import Extent, ExtentsReader
-from shared.store import BlobContent, SinkResult
+from ferry.shared.digest import CHUNK
+from ferry.shared.errors import RegistryError
+from ferry.shared.manifest import SCHEMA1_TYPES, ManifestError, MediaType
+from ferry.shared.model import Catalog, Manifest
+from ferry.shared.progress import Progress, ProgressCallback, no_progress
+from ferry.shared.registry.client import MANIFEST_ACCEPT, RegistryClient, with_retries
+from ferry.shared.registry.source import BlobStream
+from ferry.shared.storage.fs import Extent, ExtentsReader
+from ferry.shared.store import BlobContent, SinkResult
 
 from .. import schema1
 
@@ -245,7 +245,7 @@ class RegistrySink:
             headers=MANIFEST_ACCEPT,
             refused_as_absent=True,
         )
-        has = {p for p, (status, _) in zip(blobs + manifests, answers, strict=True) if status == 200}
+        has = {p for p, (status, _) in zip(blobs + manifests, answers) if status == 200}
         holder: dict[str, str] = {}
         for t, d in sorted(has):
             holder.setdefault(d, t)

@@ -6,6 +6,7 @@ A bundle is a plain, uncompressed POSIX tar:
     oci-layout                OCI image layout marker, so stock tools can read the bundle
     index.json                OCI image index naming each tagged image ``repository:tag``
     blobs/<alg>/<hex>         every config and layer once, then every manifest (children first)
+    ferry/kit/<file>          only with ``export --with-kit``: ferry's offline install kit
     ferry/trailer.msgpack     last: xxh3-128 of every member, of the index and of all headers, so
                               truncation and damage show
 
@@ -37,6 +38,9 @@ DELTA_VERSION = (2, 0)
 #: a bundle with a partial index (``--platform``): 1.2 readers refuse it as inconsistent (an index child the
 #: repository does not hold), which is what they should do
 PARTIAL_VERSION = (1, 3)
+#: the minor a bundle with an install kit has (``kit``, members ``ferry/kit/…``): 1.4, or 2.1 for a delta.
+#: Earlier readers refuse it (members they do not expect), which the kit's own ferry reads.
+KIT_MINOR = {1: 4, 2: 1}
 #: the majors this reader reads
 MAJORS = (1, 2)
 INDEX_MEMBER = "ferry/index.msgpack.zst"
@@ -44,6 +48,9 @@ TRAILER_MEMBER = "ferry/trailer.msgpack"
 OCI_LAYOUT_MEMBER = "oci-layout"
 OCI_INDEX_MEMBER = "index.json"
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+KIT_PREFIX = "ferry/kit/"
+#: a kit file's name below ferry/kit/: one plain file name, as wheels and scripts have (no folders)
+KIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 REF_NAME = "org.opencontainers.image.ref.name"
 #: an index larger than this is refused before decompression (a 5000-tag index is about 2 MiB)
 INDEX_MAX = 1 << 30
@@ -76,6 +83,21 @@ class BundleInfo:
     version: tuple[int, int] = VERSION
     #: unique per bundle, given at export (1.2; None in older bundles): later waves name their bases by it
     bundle_id: str | None = None
+    #: the offline install kit carried after the blobs (1.4/2.1), in member order
+    kit: tuple[KitFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class KitFile:
+    """One file of the install kit: member ``ferry/kit/<name>``, checked by its sha256 like a blob."""
+
+    name: str
+    size: int
+    sha256: str  # lower-case hex
+
+    @property
+    def member(self) -> str:
+        return KIT_PREFIX + self.name
 
 
 def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = None) -> bytes:
@@ -94,15 +116,18 @@ def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = N
             doc["base"] = carried[d]
         return doc
 
+    version = (
+        DELTA_VERSION
+        if catalog.carried
+        else PARTIAL_VERSION
+        if any(m.left_out for m in catalog.manifests.values())
+        else VERSION
+    )
+    if info.kit:
+        version = (version[0], max(version[1], KIT_MINOR[version[0]]))
     doc = {
         "format": FORMAT,
-        "version": list(
-            DELTA_VERSION
-            if catalog.carried
-            else PARTIAL_VERSION
-            if any(m.left_out for m in catalog.manifests.values())
-            else VERSION
-        ),
+        "version": list(version),
         "ferry_version": info.ferry_version,
         "created": info.created,
         "source": info.source,
@@ -136,6 +161,7 @@ def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = N
             if catalog.bases
             else {}
         ),
+        **({"kit": [[k.name, k.size, k.sha256] for k in info.kit]} if info.kit else {}),
         **(
             {
                 "changes": [
@@ -316,6 +342,7 @@ def decode_index(data: bytes, *, bundle_size: int | None = None) -> tuple[Catalo
             volume_size,
             (doc["version"][0], doc["version"][1]),
             _opt_str(doc.get("bundle_id"), "bundle_id"),
+            _kit(doc.get("kit", [])),
         )
         order = list(_strs(doc["order"], "order"))
         bases = _bases(doc.get("bases", []))
@@ -332,6 +359,25 @@ def decode_index(data: bytes, *, bundle_size: int | None = None) -> tuple[Catalo
 
 
 _BUNDLE_ID = re.compile(r"[0-9a-f]{32}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _kit(v: Any) -> tuple[KitFile, ...]:
+    out = []
+    for entry in _list(v, "kit"):
+        entry = _list(entry, "a kit entry")
+        if len(entry) != 3:
+            raise _malformed("a kit entry is not [name, size, sha256]")
+        name = _str(entry[0], "a kit file name")
+        if not KIT_NAME_RE.fullmatch(name):
+            raise _malformed(f"kit file name {name!r} is not a plain file name")
+        sha = _str(entry[2], f"the sha256 of kit file {name}")
+        if not _SHA256_HEX.fullmatch(sha):
+            raise _malformed(f"the sha256 of kit file {name} is not 64 lower-case hex digits")
+        out.append(KitFile(name, _size(entry[1], f"the size of kit file {name}"), sha))
+    if len({k.name for k in out}) != len(out):
+        raise _malformed("a kit file is listed twice")
+    return tuple(out)
 
 
 def _bases(v: Any) -> tuple[Base, ...]:
@@ -592,7 +638,7 @@ def _manifest_checked(digest: str, m: dict[str, Any]) -> Manifest:
 
 def check_version(version: Any) -> None:
     if not (
-        isinstance(version, list | tuple)
+        isinstance(version, (list, tuple))
         and len(version) == 2
         and all(type(v) is int and v >= 0 for v in version)
     ):
@@ -668,12 +714,14 @@ __all__ = [
     "DELTA_VERSION",
     "INDEX_MEMBER",
     "INDEX_TYPES",
+    "KIT_PREFIX",
     "OCI_INDEX_MEMBER",
     "OCI_LAYOUT",
     "OCI_LAYOUT_MEMBER",
     "TRAILER_MEMBER",
     "VERSION",
     "BundleInfo",
+    "KitFile",
     "Trailer",
     "blob_member",
     "decode_index",

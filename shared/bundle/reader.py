@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from .format import (
     OCI_LAYOUT_MEMBER,
     TRAILER_MEMBER,
     BundleInfo,
+    KitFile,
     Trailer,
     blob_member,
     decode_index,
@@ -133,7 +134,13 @@ class Bundle:
         finally:
             it.close()
         pos = members[-1].offset + members[-1].size + (-members[-1].size % BLOCK)
-        blobs, _ = _one_after_another(pos, ((blob_member(d), self.catalog.size_of(d)) for d in self.order))
+        blobs, _ = _one_after_another(
+            pos,
+            [
+                *((blob_member(d), self.catalog.size_of(d)) for d in self.order),
+                *((k.member, k.size) for k in self.info.kit),
+            ],
+        )
         return members + blobs, head_blocks
 
     def _scan_by_index(self) -> bool:
@@ -196,7 +203,7 @@ class Bundle:
         member list against the index and the trailer (:func:`check_members`, the one check every reader
         makes), truncation, a damaged header, the volumes, and anything after the end.  Call after
         :meth:`scan`.  Content (hashes) is not read here."""
-        out = check_members(self.members, self.trailer, self.catalog, self.order)
+        out = check_members(self.members, self.trailer, self.catalog, self.order, self.info.kit)
         end = self.data.size
         if self.scan_error is not None:
             out.append(Problem(None, self.scan_error.message, end, 0))
@@ -310,12 +317,17 @@ class Problem:
 
 
 def check_members(
-    members: list[Member], trailer: Trailer | None, catalog: Catalog, order: list[str]
+    members: list[Member],
+    trailer: Trailer | None,
+    catalog: Catalog,
+    order: list[str],
+    kit: Sequence[KitFile] = (),
 ) -> list[Problem]:
     """The member list a reader found against what the index promises and the trailer lists.
 
     The one member check of every reader (verify, file and stream restore, push): exactly the index, the
-    two OCI layout files and the index's blobs in its order, each once with its size, then the trailer;
+    two OCI layout files, the index's blobs in its order and its kit files, each once with its size, then
+    the trailer;
     nothing else (no second index, no name the index does not list, whatever its form: ``../../x``, an
     absolute or a GNU long name).  The trailer must list exactly those members, in that order, with
     their sizes: a trailer that leaves one out could hide a damaged member from ``verify --quick``."""
@@ -326,6 +338,7 @@ def check_members(
     sizes = {
         "blobs/" + d.replace(":", "/", 1): (blobs[d].size if d in blobs else manifests[d].size) for d in order
     }
+    sizes.update((k.member, k.size) for k in kit)
     expected = [INDEX_MEMBER, OCI_LAYOUT_MEMBER, OCI_INDEX_MEMBER, *sizes]
     body = [m for m in members if m.name != TRAILER_MEMBER]
     # the intact bundle, checked in a few passes at C speed; anything else is gone through below to name it
@@ -334,7 +347,7 @@ def check_members(
         and members
         and members[-1].name == TRAILER_MEMBER
         and len(body) == len(members) - 1
-        and all(m.size == size for m, size in zip(body[3:], sizes.values(), strict=True))
+        and all(m.size == size for m, size in zip(body[3:], sizes.values()))
         and (
             trailer is None
             or [(n, size) for n, size, _ in trailer.members] == [(m.name, m.size) for m in body]

@@ -1,4 +1,4 @@
-"""A bundle as an :class:`~shared.store.ImageSource`, read once, in order, without unpacking.
+"""A bundle as an :class:`~ferry.shared.store.ImageSource`, read once, in order, without unpacking.
 
 From a file or volume set, every check that needs no content is made before the first blob is handed out:
 the trailer is there, the index matches its checksum, and every member the index promises sits where the
@@ -7,19 +7,20 @@ digest as it lands.
 
 From a stream (stdin), the bundle is read strictly sequentially; each member's xxh3 is computed as it
 passes and compared with the trailer at the end.  A stream that ends without a valid trailer raises before
-:func:`shared.transfer.copy` reaches the tags, so nothing is advertised that did not fully arrive.
+:func:`ferry.shared.transfer.copy` reaches the tags, so nothing is advertised that did not fully arrive.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Union, cast
 
 import xxhash
 
-from ..digest import xxh3_of
+from ..digest import CHUNK, xxh3_of
 from ..errors import BundleDamaged, BundleFormatError
 from ..model import Catalog
 from ..store import BlobContent
@@ -171,7 +172,8 @@ class StreamBundleSource:
         # cannot be written at all (a foreign name, a member out of order) come at once
         arrived = [Member(INDEX_MEMBER, self._index_at, self._index_size)]
         xxh3s = {INDEX_MEMBER: self._index_xxh3}
-        expected = [blob_member(d) for d in self._order]
+        kit = {k.member: k for k in self.info.kit}
+        expected = [blob_member(d) for d in self._order] + list(kit)
         want = iter(expected)
         trailer = None
         try:
@@ -193,6 +195,15 @@ class StreamBundleSource:
                     raise BundleFormatError(
                         f"unexpected member {ti.name!r}: the bundle does not follow its index; refusing it"
                     )
+                k = kit.get(ti.name)
+                if k is not None:  # after every blob: checked here, written nowhere
+                    sha = hashlib.sha256()
+                    while chunk := tee.read(CHUNK):
+                        sha.update(chunk)
+                    if sha.hexdigest() != k.sha256:
+                        raise _damaged(f"{ti.name} does not match the index's sha256; no tag was written")
+                    xxh3s[ti.name] = tee.finish()
+                    continue
                 digest = member_digest(ti.name)
                 assert digest is not None
                 if ti.size != self.catalog.size_of(digest):
@@ -203,7 +214,7 @@ class StreamBundleSource:
             raise _damaged(f"stdin: the bundle stream is damaged ({e}); no tag was written") from None
         if trailer is None:
             raise _damaged("stdin ended before the trailer: the bundle is truncated; no tag was written")
-        problems = check_members(arrived, trailer, self.catalog, self._order)
+        problems = check_members(arrived, trailer, self.catalog, self._order, self.info.kit)
         if problems:
             raise _refused("stdin", problems)
         if trailer.index_xxh3 != self._index_xxh3:
@@ -216,7 +227,7 @@ class StreamBundleSource:
         self._tf.close()
 
 
-BundleSource = FileBundleSource | StreamBundleSource
+BundleSource = Union[FileBundleSource, StreamBundleSource]
 
 
 def open_source(path: str | Path, stdin: BinaryIO | None = None) -> BundleSource:

@@ -224,7 +224,7 @@ class BundleOutput:
             os.close(self._fd)
             self._fd = None
         finals = self._final_names()
-        for partial, final in zip(self._partials, finals, strict=True):
+        for partial, final in zip(self._partials, finals):
             os.replace(partial, final)
         self._partials = []
         if self.volume_size is not None:
@@ -241,7 +241,7 @@ class BundleOutput:
         from an ``except`` block) is one that ``--resume`` gets past: a full disk, an interruption.  Then
         the partial files stay, under their ``.partial`` names, and ``kept`` lists them."""
         failure = sys.exc_info()[1]
-        if self.resumable and self.path is not None and isinstance(failure, DiskFull | KeyboardInterrupt):
+        if self.resumable and self.path is not None and isinstance(failure, (DiskFull, KeyboardInterrupt)):
             self.kept = self.keep_partial()
             log.warning("kept %s for `ferry export --resume`", ", ".join(map(str, self.kept)))
             return
@@ -428,7 +428,7 @@ class VolumeSet(io.RawIOBase):
                 self._map(i)
 
     def pieces(self, offset: int, size: int) -> list[tuple[memoryview, int, int]]:
-        """(mapping, offset, size) pieces for :class:`shared.hashing.HashJob`, clipped to the data present.
+        """(mapping, offset, size) pieces for :class:`ferry.shared.hashing.HashJob`, clipped to the data present.
 
         Each volume is mapped read-only once, on first use; the data below the volume's size at open time
         is what gets mapped, so a member that claims more only reads short."""

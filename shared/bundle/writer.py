@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import xxhash
 
@@ -18,6 +19,7 @@ from .format import (
     OCI_LAYOUT_MEMBER,
     TRAILER_MEMBER,
     BundleInfo,
+    KitFile,
     blob_member,
     encode_index,
     encode_trailer,
@@ -37,10 +39,18 @@ class BundleSink:
     """
 
     def __init__(
-        self, output: BundleOutput, info: BundleInfo, *, mtime: int, resume: ResumePoint | None = None
+        self,
+        output: BundleOutput,
+        info: BundleInfo,
+        *,
+        mtime: int,
+        resume: ResumePoint | None = None,
+        kit_dir: Path | None = None,
     ) -> None:
         self.out = output
         self.info = info
+        #: where the files of ``info.kit`` are, written after the last blob
+        self.kit_dir = kit_dir
         self.mtime = mtime
         #: members an interrupted export wrote and that checked out: taken as they are, not written again
         self._kept = resume.members if resume is not None else ()
@@ -171,7 +181,28 @@ class BundleSink:
     def put_carried(self, repos: Sequence[str], digest: str) -> None:
         """Recorded in the index by :meth:`begin`."""
 
+    def _kit_member(self, k: KitFile) -> None:
+        assert self.kit_dir is not None, "a bundle with a kit is given the kit's folder"
+        self._take_kept(k.member, k.size)  # a resume never keeps kit members: they come after the plan
+        self._emit(self._tail + self._header(k.member, k.size))
+        self._flush()
+        sha, x, n = hashlib.sha256(), xxhash.xxh3_128(), 0
+        with open(self.kit_dir / k.name, "rb") as f:
+            while chunk := f.read(CHUNK):
+                sha.update(chunk)
+                x.update(chunk)
+                self.out.write(chunk)
+                n += len(chunk)
+        if n != k.size or sha.hexdigest() != k.sha256:
+            raise DigestMismatch(
+                f"sha256:{k.sha256}", f"sha256:{sha.hexdigest()}", n, where=f"kit file {k.name}"
+            )
+        self._tail = padding(k.size)
+        self._members.append((k.member, k.size, str(x.hexdigest())))
+
     def commit(self) -> SinkResult:
+        for k in self.info.kit:
+            self._kit_member(k)
         members = [(n, size, x if isinstance(x, str) else x()) for n, size, x in self._members]
         self._bytes_member(
             TRAILER_MEMBER, encode_trailer(self._index_xxh3, members, self._headers.hexdigest())

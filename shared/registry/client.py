@@ -6,7 +6,7 @@
   request (the POST that starts the session), which takes the challenge first.
 * No cookies, ever: Harbor treats a client that sends its session cookie as a browser (CSRF).
 * ``Accept-Encoding: identity``: ferry never wants a registry to re-compress what it serves.
-* Every failure becomes a :class:`~shared.errors.RegistryError` carrying the status, the spec error codes and
+* Every failure becomes a :class:`~ferry.shared.errors.RegistryError` carrying the status, the spec error codes and
   a redacted URL, and saying whether another try can help; :func:`with_retries` retries only those.
 """
 
@@ -62,7 +62,7 @@ class Credentials:
         return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ClientConfig:
     url: str  # https://harbor.example.com or http://127.0.0.1:5000
     credentials: Credentials | None = None
@@ -340,9 +340,7 @@ class RegistryClient:
             m = _REPO_RE.match(path)
             first.setdefault(m.group(1) if m else "", i)
         with ThreadPoolExecutor(max(1, min(jobs, 8)), thread_name_prefix="ferry-head") as pool:
-            for i, got in zip(
-                first.values(), pool.map(lambda i: slow(paths[i]), first.values()), strict=True
-            ):
+            for i, got in zip(first.values(), pool.map(lambda i: slow(paths[i]), first.values())):
                 out[i] = got
             rest = [i for i in range(len(paths)) if out[i] is None]
             lanes = max(1, min(jobs, 8, -(-len(rest) // PIPELINE)))
@@ -351,7 +349,7 @@ class RegistryClient:
                 for i, got in done.items():
                     out[i] = got
             again = [i for i in range(len(paths)) if out[i] is None]
-            for i, got in zip(again, pool.map(lambda i: slow(paths[i]), again), strict=True):
+            for i, got in zip(again, pool.map(lambda i: slow(paths[i]), again)):
                 out[i] = got
         return [x for x in out if x is not None]
 

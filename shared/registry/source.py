@@ -1,4 +1,4 @@
-"""A live registry as an :class:`~shared.store.ImageSource`, read over the V2 API.
+"""A live registry as an :class:`~ferry.shared.store.ImageSource`, read over the V2 API.
 
 Enumeration: ``/v2/_catalog`` (paginated by ``Link``), or a list of repositories given (``--repos-from``),
 or, on Harbor where the catalog is for administrators only, its projects and repositories API; then
@@ -15,7 +15,7 @@ that holds them, in the source's order: small ones a few at a time ahead of the 
 checked on arrival, at most :data:`AHEAD_BYTES` in memory), large ones streamed straight into the sink,
 which checks their sha256 as it writes.  A download that breaks midway goes on with a ``Range`` request.
 
-Who verifies (:mod:`shared.store`): small blobs and manifests here (``verified=True``); streamed blobs the
+Who verifies (:mod:`ferry.shared.store`): small blobs and manifests here (``verified=True``); streamed blobs the
 sink, as it writes them (``verified=False``).
 """
 
@@ -56,7 +56,7 @@ AHEAD_BYTES = 64 << 20
 MANIFEST_MAX = 32 << 20
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class RegistryScanOptions:
     selection: Selection = field(default_factory=Selection)
     skip_broken: bool = False
@@ -221,7 +221,7 @@ def scan_registry(
         repos.append(name)
     pool = ThreadPoolExecutor(max(1, options.jobs), thread_name_prefix="ferry-scan")
     try:
-        listed = dict(zip(repos, pool.map(lister.tags, repos), strict=True))
+        listed = dict(zip(repos, pool.map(lister.tags, repos)))
         roots: list[tuple[str, str]] = []
         for repo in repos:
             for tag in listed[repo]:
@@ -268,7 +268,7 @@ def scan_registry(
         tops = list(pool.map(lambda rt: fetch(*rt), roots))
         by_repo: dict[str, set[str]] = {}
         pending: list[tuple[str, str]] = []
-        for (repo, _), (d, f) in zip(roots, tops, strict=True):
+        for (repo, _), (d, f) in zip(roots, tops):
             if d is not None:
                 fetched.setdefault(d, f)
                 by_repo.setdefault(repo, set()).add(d)
@@ -282,7 +282,7 @@ def scan_registry(
             while pending:
                 wanted = [(r, d) for r, d in dict.fromkeys(pending) if d not in by_repo.get(r, set())]
                 pending = []
-                for (repo, d), (got, f) in zip(wanted, pool.map(lambda rd: fetch(*rd), wanted), strict=True):
+                for (repo, d), (got, f) in zip(wanted, pool.map(lambda rd: fetch(*rd), wanted)):
                     by_repo.setdefault(repo, set()).add(d)
                     if got != d:
                         f = _Fetched(None, None, f.problem or f"the registry serves {got} for {d}")
@@ -311,13 +311,13 @@ def scan_registry(
             }
         )
         heads = client.head_many([f"/v2/{r}/blobs/{d}" for r, d in foreign], attempts=options.retries)
-        present = {d for (_, d), (status, _) in zip(foreign, heads, strict=True) if status == 200}
+        present = {d for (_, d), (status, _) in zip(foreign, heads) if status == 200}
         # schema 1 layers have no size in the manifest: asked with a HEAD
         sizes: dict[str, int] = {}
         unsized = sorted(
             {
                 (repo, b.digest)
-                for (repo, _), (d, f) in zip(roots, tops, strict=True)
+                for (repo, _), (d, f) in zip(roots, tops)
                 if f.info is not None and f.info.media_type in SCHEMA1_TYPES
                 for b in f.info.blobs
             }
@@ -328,7 +328,7 @@ def scan_registry(
             resp = client.head(f"/v2/{r}/blobs/{d}", what=f"size of {d}", attempts=options.retries)
             return int(resp.headers.get("Content-Length", "-1")) if resp.status_code == 200 else -1
 
-        for (_, d), size in zip(unsized, pool.map(size_of, unsized), strict=True):
+        for (_, d), size in zip(unsized, pool.map(size_of, unsized)):
             if size >= 0:
                 sizes.setdefault(d, size)
     finally:
@@ -382,7 +382,7 @@ def _referrers(
     frontier = [(repo, d) for repo in sorted(by_repo) for d in sorted(by_repo[repo])]
     while frontier:
         new: list[tuple[str, str]] = []
-        for (repo, _), refs in zip(frontier, pool.map(ask, frontier), strict=True):
+        for (repo, _), refs in zip(frontier, pool.map(ask, frontier)):
             if refs is None:
                 log.info("%s has no referrers API: only tags are exported", client.base)
                 return found
@@ -404,7 +404,7 @@ def _build(
     options: RegistryScanOptions,
     present: set[str],
 ) -> RegistryScan:
-    """The catalog in the storage-tree walk's order (see :mod:`shared.storage.reader`); ``present``: the
+    """The catalog in the storage-tree walk's order (see :mod:`ferry.shared.storage.reader`); ``present``: the
     foreign layers the registry has the bytes of."""
 
     def bundled(b: BlobRef) -> bool:
@@ -414,7 +414,7 @@ def _build(
 
     broken: list[BrokenImage] = []
     good: list[tuple[str, str | None, str, list[str]]] = []  # repo, tag (None: untagged), digest, closure
-    for (repo, tag), (d, f) in zip(roots, tops, strict=True):
+    for (repo, tag), (d, f) in zip(roots, tops):
         if d is None or f.info is None:
             broken.append(
                 BrokenImage(repo, tag, d or "", f.problem or "manifest unreadable", (d,) if d else ())
@@ -590,7 +590,7 @@ class BlobStream:
 
 
 class RegistrySource:
-    """The scanned registry as an :class:`~shared.store.ImageSource` (see the module's docstring)."""
+    """The scanned registry as an :class:`~ferry.shared.store.ImageSource` (see the module's docstring)."""
 
     def __init__(
         self,

@@ -79,7 +79,7 @@ class TreeFS(Protocol):
 
     def list_dir(self, path: str) -> list[tuple[str, bool]]:
         """(name, is_dir) of each entry; empty when ``path`` is missing or not a directory.  Every method
-        raises :class:`~shared.errors.SourceUnreadable` for what exists but cannot be read."""
+        raises :class:`~ferry.shared.errors.SourceUnreadable` for what exists but cannot be read."""
         ...
 
     def read(self, path: str, limit: int) -> bytes | None:

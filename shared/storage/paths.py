@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Union
 
 from ..digest import Digest
 
@@ -128,18 +130,36 @@ class TagIndexEntryLink:
     digest: Digest
 
 
-PathSpec = (
-    BlobsDir
-    | BlobData
-    | RepositoriesRoot
-    | RepositoryDir
-    | LayerLink
-    | ManifestRevisionsDir
-    | ManifestRevisionLink
-    | TagsDir
-    | TagCurrentLink
-    | TagIndexEntryLink
-)
+PathSpec = Union[
+    BlobsDir,
+    BlobData,
+    RepositoriesRoot,
+    RepositoryDir,
+    LayerLink,
+    ManifestRevisionsDir,
+    ManifestRevisionLink,
+    TagsDir,
+    TagCurrentLink,
+    TagIndexEntryLink,
+]
+
+# one entry per spec, keyed by its class: distribution's pathFor switch (a dict, as Python 3.9 has no match)
+_RELATIVE: dict[type, Callable[[Any], str]] = {
+    BlobsDir: lambda s: f"blobs/{s.algorithm}",
+    BlobData: lambda s: f"blobs/{s.digest.algorithm}/{s.digest.hex[:2]}/{s.digest.hex}/data",
+    RepositoriesRoot: lambda s: "repositories",
+    RepositoryDir: lambda s: f"repositories/{s.repo}",
+    LayerLink: lambda s: f"repositories/{s.repo}/_layers/{s.digest.algorithm}/{s.digest.hex}/link",
+    ManifestRevisionsDir: lambda s: f"repositories/{s.repo}/_manifests/revisions",
+    ManifestRevisionLink: lambda s: (
+        f"repositories/{s.repo}/_manifests/revisions/{s.digest.algorithm}/{s.digest.hex}/link"
+    ),
+    TagsDir: lambda s: f"repositories/{s.repo}/_manifests/tags",
+    TagCurrentLink: lambda s: f"repositories/{s.repo}/_manifests/tags/{s.tag}/current/link",
+    TagIndexEntryLink: lambda s: (
+        f"repositories/{s.repo}/_manifests/tags/{s.tag}/index/{s.digest.algorithm}/{s.digest.hex}/link"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -158,29 +178,7 @@ class StorageLayout:
         return cls(f"{os.fspath(root).rstrip('/')}/{V2_SUFFIX}")
 
     def path(self, spec: PathSpec) -> str:
-        match spec:
-            case BlobsDir(algorithm):
-                rel = f"blobs/{algorithm}"
-            case BlobData(d):
-                rel = f"blobs/{d.algorithm}/{d.hex[:2]}/{d.hex}/data"
-            case RepositoriesRoot():
-                rel = "repositories"
-            case RepositoryDir(repo):
-                rel = f"repositories/{repo}"
-            case LayerLink(repo, d):
-                rel = f"repositories/{repo}/_layers/{d.algorithm}/{d.hex}/link"
-            case ManifestRevisionsDir(repo):
-                rel = f"repositories/{repo}/_manifests/revisions"
-            case ManifestRevisionLink(repo, d):
-                rel = f"repositories/{repo}/_manifests/revisions/{d.algorithm}/{d.hex}/link"
-            case TagsDir(repo):
-                rel = f"repositories/{repo}/_manifests/tags"
-            case TagCurrentLink(repo, tag):
-                rel = f"repositories/{repo}/_manifests/tags/{tag}/current/link"
-            case TagIndexEntryLink(repo, tag, d):
-                rel = f"repositories/{repo}/_manifests/tags/{tag}/index/{d.algorithm}/{d.hex}/link"
-            case _:
-                raise TypeError(f"unknown path spec {spec!r}")
+        rel = _RELATIVE[type(spec)](spec)
         return f"{self.v2}/{rel}" if self.v2 else rel
 
 

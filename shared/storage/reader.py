@@ -10,7 +10,7 @@ The walk follows what the registry itself does to serve an image, never what a s
 * ``--untagged`` adds revisions no tag reaches; a revision folder without ``link`` was deleted;
 * ``_uploads`` and blobs no manifest references are never read.
 
-:func:`scan` returns the :class:`~shared.model.Catalog` plus where each digest's bytes are.  It reads and
+:func:`scan` returns the :class:`~ferry.shared.model.Catalog` plus where each digest's bytes are.  It reads and
 checks every manifest before anything is written.  Blobs it hashes before returning, or, with
 ``defer_hashing``, while the walk and then the copy go on (see :class:`_Hasher`); a broken source stops
 the export with the complete list of what is wrong either way.
@@ -77,7 +77,7 @@ class RemoteFS(Protocol):
     def open(self, uri: str) -> BinaryIO: ...
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class Selection:
     """Which images to take.  Patterns are shell globs; one with ``:`` matches ``repository:tag``,
     one without matches the repository name.  ``*`` crosses ``/``."""
@@ -106,7 +106,7 @@ class Selection:
         return not any(hit(p) for p in self.exclude)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ScanOptions:
     selection: Selection = field(default_factory=Selection)
     skip_broken: bool = False
@@ -650,7 +650,7 @@ def _build(
 
 
 class TreeSource:
-    """A scanned storage tree as an :class:`~shared.store.ImageSource`.
+    """A scanned storage tree as an :class:`~ferry.shared.store.ImageSource`.
 
     All content is verified.  When the scan left blob hashing to its background process, a blob whose
     result is not in yet is yielded with ``xxh3_later``; :meth:`contents` waits for every result at its

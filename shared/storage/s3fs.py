@@ -36,7 +36,7 @@ class S3Error(FerryError):
     code = "s3"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class S3Config:
     """Endpoint and credentials as S3 users have them: options, else the standard AWS environment and
     ``~/.aws`` files (boto3's own resolution)."""
@@ -123,7 +123,7 @@ def list_tree(client: Any, bucket: str, v2: str, pool: ThreadPoolExecutor) -> di
         tops += dirs
     folders: list[str] = []
     lists = pool.map(lambda p: list_objects(client, bucket, p, "/"), tops)
-    for part, (_, dirs) in zip(tops, lists, strict=True):
+    for part, (_, dirs) in zip(tops, lists):
         folders += dirs if part.startswith(root + "blobs/") else [part]
     out: dict[str, int] = {}
     for keys, _ in pool.map(lambda p: list_objects(client, bucket, p), folders):
@@ -208,7 +208,7 @@ class S3FS:
         self._fetch_all(chosen)
 
     def _fetch_all(self, paths: list[str]) -> None:
-        for path, data in zip(paths, self._pool.map(self._get, paths), strict=True):
+        for path, data in zip(paths, self._pool.map(self._get, paths)):
             if data is not None:
                 self._cache[path] = data
 

@@ -1,7 +1,7 @@
-"""A storage tree in an S3 bucket as an :class:`~shared.store.ImageSink`: what ``ferry restore`` writes
+"""A storage tree in an S3 bucket as an :class:`~ferry.shared.store.ImageSink`: what ``ferry restore`` writes
 for a registry on Distribution's s3 driver (or Harbor's S3 backend).
 
-The keys are the layout's paths (:class:`~shared.storage.paths.StorageLayout` with the bucket prefix as its
+The keys are the layout's paths (:class:`~ferry.shared.storage.paths.StorageLayout` with the bucket prefix as its
 root).  The order is the one that leaves nothing pointing at what is not there, at any moment: a blob's
 data, then its links (``_layers``, revision links), every blob and manifest before the first tag, tags last
 (index entry, then ``current/link``).  What the bucket holds is listed once at ``begin`` (every key below the
@@ -9,7 +9,7 @@ tree, one listing per prefix folder, many at once): a blob whose data is there w
 written again, a link that is there not rewritten, so a rerun over a complete target writes nothing.
 
 Who verifies: the bytes are hashed as they are uploaded; an object whose bytes turn out wrong is deleted
-before any link to it is written, and the run fails (:class:`~shared.errors.DigestMismatch`).  Big blobs go
+before any link to it is written, and the run fails (:class:`~ferry.shared.errors.DigestMismatch`).  Big blobs go
 up as multipart uploads (boto3 aborts a failed one).  S3 has no rename: an interrupted upload leaves no
 object (a multipart upload is not an object until completed); an object without links is what the
 registry's garbage collector removes anyway.
@@ -76,7 +76,7 @@ class S3TreeSink:
 
     # -- what is there ---------------------------------------------------------------------------
     def existing(self) -> dict[str, int]:
-        """Every key below the tree with its size, listed once (:func:`~shared.storage.s3fs.list_tree`)."""
+        """Every key below the tree with its size, listed once (:func:`~ferry.shared.storage.s3fs.list_tree`)."""
         if self._sizes is None:
             self._sizes = list_tree(self.client, self.bucket, self.layout.v2, self._pool)
         return self._sizes

@@ -1,6 +1,6 @@
 """Writing a Docker Distribution storage tree: the sink behind ``ferry restore`` (Harbor 1.x storage).
 
-Layout: the same :class:`~shared.storage.paths.StorageLayout` the reader walks, rooted at the target.
+Layout: the same :class:`~ferry.shared.storage.paths.StorageLayout` the reader walks, rooted at the target.
 For every image this writes blob data, a ``_layers`` link for each config and layer (without it a
 repository is invisible to the catalog and to garbage collection), a ``_manifests/revisions`` link for every
 manifest including index children, and for each tag ``current/link`` plus its ``index/`` entry.  Link files
@@ -441,7 +441,7 @@ class StorageTreeSink:
 
 
 class _LinkProcess:
-    """A forked child (a :class:`~shared.worker.Worker`) writing links the parent sends it, in batches, in
+    """A forked child (a :class:`~ferry.shared.worker.Worker`) writing links the parent sends it, in batches, in
     the order sent.
 
     Contract: :meth:`link` only after the blob's or manifest's data landed; :meth:`barrier` returns once

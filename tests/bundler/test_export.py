@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from bundler.export import ExportOptions, run
-from shared.bundle.reader import Bundle
-from shared.bundle.tario import find_volumes
-from shared.errors import BrokenImages, NotAStorageTree
-from shared.manifest import MediaType
-from shared.progress import Progress
-from shared.storage import reader
-from shared.storage.reader import Selection
+from ferry.bundler.export import ExportOptions, run
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.bundle.tario import find_volumes
+from ferry.shared.errors import BrokenImages, NotAStorageTree
+from ferry.shared.manifest import MediaType
+from ferry.shared.progress import Progress
+from ferry.shared.storage import reader
+from ferry.shared.storage.reader import Selection
 from tests.support.checks import tags_of, validate_bundle
 from tests.support.mounts import tmpfs
 from tests.support.registry import skopeo
@@ -336,7 +336,7 @@ def test_manifests_are_written_from_the_bytes_the_scan_verified(
 
 
 def test_full_disk_is_a_clear_error(zoo: Zoo, tmp_path: Path) -> None:
-    from shared.errors import DiskFull
+    from ferry.shared.errors import DiskFull
 
     with tmpfs(tmp_path / "tiny", "64k") as mnt:
         with pytest.raises(DiskFull, match="no space left") as e:
@@ -360,7 +360,7 @@ def test_json_summary_from_the_cli(zoo: Zoo, tmp_path: Path) -> None:
 
 def test_every_bundle_gets_its_own_id(zoo: Zoo, tmp_path: Path) -> None:
     """Format 1.2: a unique bundle id at export, which later waves name their bases by; inspect shows it."""
-    from importer.inspect import run as inspect
+    from ferry.importer.inspect import run as inspect
 
     ids = []
     for name in ("a.tar", "b.tar"):

@@ -12,15 +12,15 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.trees import TreeWriter
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from importer.restore import RestoreOptions
-from importer.restore import run as restore
-from shared.digest import Digest
-from shared.errors import BrokenImages, SourceChanged
-from shared.progress import Progress
-from shared.storage.paths import BlobData, ManifestRevisionLink, TagCurrentLink
+from ferry.importer.restore import RestoreOptions
+from ferry.importer.restore import run as restore
+from ferry.shared.digest import Digest
+from ferry.shared.errors import BrokenImages, SourceChanged
+from ferry.shared.progress import Progress
+from ferry.shared.storage.paths import BlobData, ManifestRevisionLink, TagCurrentLink
 from tests.support.checks import assert_tree_consistent, validate_bundle
 from tests.support.mounts import unavailable
 

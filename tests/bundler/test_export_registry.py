@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions, ExportResult
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions, ExportResult
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from importer.diff import DiffOptions
-from importer.diff import run as diff
-from importer.push import PushOptions
-from importer.push import run as push
-from shared.bundle.reader import Bundle
-from shared.errors import RegistryError
-from shared.registry.client import ClientConfig, Credentials
-from shared.storage.reader import Selection
+from ferry.importer.diff import DiffOptions
+from ferry.importer.diff import run as diff
+from ferry.importer.push import PushOptions
+from ferry.importer.push import run as push
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.errors import RegistryError
+from ferry.shared.registry.client import ClientConfig, Credentials
+from ferry.shared.storage.reader import Selection
 from tests.support.checks import tags_of, validate_bundle
 from tests.support.proxy import FaultPlan, Proxy
 from tests.support.realharbor import RealHarbor

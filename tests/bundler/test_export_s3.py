@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from shared.bundle.reader import Bundle
-from shared.storage.s3fs import S3Config
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.storage.s3fs import S3Config
 from tests.support.checks import tags_of, validate_bundle
 from tests.support.registry import Registry, skopeo
 from tests.support.s3 import S3Server
@@ -109,8 +109,8 @@ def test_large_blobs_come_in_parallel_ranges(
 ) -> None:
     """Objects above RANGED are read in parts (here made tiny, so the zoo's layers are split into many):
     the bundle is still exactly the disk export's."""
-    import shared.storage.reader as reader
-    import shared.storage.s3fs as s3fs
+    import ferry.shared.storage.reader as reader
+    import ferry.shared.storage.s3fs as s3fs
 
     monkeypatch.setattr(reader, "REMOTE_SMALL", 500)  # blobs above it are streamed, not fetched whole
     monkeypatch.setattr(s3fs, "RANGED", 1000)

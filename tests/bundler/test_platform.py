@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from importer.push import PushOptions
-from importer.push import run as push
-from importer.restore import RestoreOptions
-from importer.restore import run as restore
-from shared.bundle.format import PARTIAL_VERSION
-from shared.bundle.reader import Bundle
-from shared.registry.client import ClientConfig
-from shared.storage.reader import Selection
+from ferry.importer.push import PushOptions
+from ferry.importer.push import run as push
+from ferry.importer.restore import RestoreOptions
+from ferry.importer.restore import run as restore
+from ferry.shared.bundle.format import PARTIAL_VERSION
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.registry.client import ClientConfig
+from ferry.shared.storage.reader import Selection
 from tests.support.checks import assert_tree_consistent, validate_bundle
 from tests.support.registry import Registry
 from tests.support.zoo import Zoo

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import bundler.export as export_mod
+import ferry.bundler.export as export_mod
 from bench.trees import TreeWriter
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from shared.bundle.format import blob_member
-from shared.bundle.reader import Bundle
-from shared.bundle.resume import Partial, find_partial, partial_name
-from shared.bundle.tario import find_volumes, volume_name
+from ferry.shared.bundle.format import blob_member
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.bundle.resume import Partial, find_partial, partial_name
+from ferry.shared.bundle.tario import find_volumes, volume_name
 from tests.support.checks import validate_bundle
 from tests.support.mounts import tmpfs
 
@@ -136,8 +136,8 @@ def test_a_damaged_member_of_the_partial_is_written_again(
     with open(path, "rb") as f:
         head = f.read(1 << 20)
     assert head  # the index is there
-    from shared.bundle.resume import _plan  # the plan the partial follows
-    from shared.bundle.tario import tar_header
+    from ferry.shared.bundle.resume import _plan  # the plan the partial follows
+    from ferry.shared.bundle.tario import tar_header
 
     for name, size in _plan(catalog, order, partial.index):
         header = tar_header(name, size, partial.mtime)

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from importer.diff import DiffOptions
-from importer.diff import run as diff
-from shared.bundle.reader import Bundle
-from shared.manifest import SCHEMA1_TYPES
-from shared.model import Catalog
+from ferry.importer.diff import DiffOptions
+from ferry.importer.diff import run as diff
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.manifest import SCHEMA1_TYPES
+from ferry.shared.model import Catalog
 from tests.support.checks import assert_tree_consistent
 from tests.support.registry import Registry
 from tests.support.zoo import Zoo

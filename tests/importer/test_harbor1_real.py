@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from importer.names import map_names
-from shared.bundle.reader import Bundle
-from shared.manifest import MANIFEST_TYPES, SCHEMA1_TYPES
-from shared.registry.client import ClientConfig, Credentials, RegistryClient
-from shared.storage.reader import Selection
+from ferry.importer.names import map_names
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.manifest import MANIFEST_TYPES, SCHEMA1_TYPES
+from ferry.shared.registry.client import ClientConfig, Credentials, RegistryClient
+from ferry.shared.storage.reader import Selection
 from tests.support.realharbor import RealHarbor
 from tests.support.zoo import Zoo
 

@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from importer.diff import DiffOptions
-from importer.diff import run as diff
-from importer.names import map_names
-from importer.push import PushOptions, PushResult
-from importer.push import run as push
-from shared.bundle.reader import Bundle
-from shared.errors import RegistryError
-from shared.model import Catalog
-from shared.registry.client import Credentials
-from shared.storage.reader import Selection
+from ferry.importer.diff import DiffOptions
+from ferry.importer.diff import run as diff
+from ferry.importer.names import map_names
+from ferry.importer.push import PushOptions, PushResult
+from ferry.importer.push import run as push
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.errors import RegistryError
+from ferry.shared.model import Catalog
+from ferry.shared.registry.client import Credentials
+from ferry.shared.storage.reader import Selection
 from tests.support.harborcheck import check
 from tests.support.realharbor import MAINTAINER, RealHarbor
 from tests.support.registry import skopeo
@@ -318,9 +318,9 @@ def test_a_second_wave_into_harbor(
     layer is mounted across projects, nothing is uploaded twice, and diff says ok.  Into projects that
     lack wave 1 the delta is refused before any project is created."""
     from bench.trees import TreeWriter
-    from shared.digest import Digest
-    from shared.errors import BaseMissing
-    from shared.storage.paths import BlobData, StorageLayout
+    from ferry.shared.digest import Digest
+    from ferry.shared.errors import BaseMissing
+    from ferry.shared.storage.paths import BlobData, StorageLayout
 
     prefix = f"w{uuid.uuid4().hex[:8]}"
     layer = max(catalog.blobs.values(), key=lambda b: b.size)

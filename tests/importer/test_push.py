@@ -13,16 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
-from importer.push import PushOptions, PushResult, map_names
-from importer.push import run as push
-from shared.bundle.reader import Bundle
-from shared.errors import AuthError, RegistryUnreachable, UsageError
-from shared.manifest import SCHEMA1_TYPES
-from shared.progress import Progress
-from shared.registry.client import Credentials
-from shared.storage.reader import Selection
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
+from ferry.importer.push import PushOptions, PushResult, map_names
+from ferry.importer.push import run as push
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.errors import AuthError, RegistryUnreachable, UsageError
+from ferry.shared.manifest import SCHEMA1_TYPES
+from ferry.shared.progress import Progress
+from ferry.shared.registry.client import Credentials
+from ferry.shared.storage.reader import Selection
 from tests.support.harbor import HarborStandIn, TokenIssuer
 from tests.support.proxy import FaultPlan, Proxy
 from tests.support.registry import Registry, skopeo

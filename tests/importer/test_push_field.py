@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from importer.push import PushOptions
-from importer.push import run as push
-from shared.bundle.reader import Bundle
-from shared.errors import RegistryError
-from shared.manifest import SCHEMA1_TYPES
-from shared.storage.reader import Selection
+from ferry.importer.push import PushOptions
+from ferry.importer.push import run as push
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.errors import RegistryError
+from ferry.shared.manifest import SCHEMA1_TYPES
+from ferry.shared.storage.reader import Selection
 from tests.support.proxy import FaultPlan, Proxy
 from tests.support.registry import Registry
 from tests.support.zoo import Zoo

@@ -14,16 +14,16 @@ import msgpack
 import pytest
 import zstandard
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
-from importer.harbor1 import HarborAccess
-from importer.restore import RestoreOptions
-from importer.restore import run as restore
-from shared.bundle.reader import Bundle
-from shared.bundle.tario import find_volumes
-from shared.errors import BundleDamaged, BundleFormatError, OutputError, UsageError
-from shared.storage.reader import Selection
-from shared.storage.writer import Owner
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
+from ferry.importer.harbor1 import HarborAccess
+from ferry.importer.restore import RestoreOptions
+from ferry.importer.restore import run as restore
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.bundle.tario import find_volumes
+from ferry.shared.errors import BundleDamaged, BundleFormatError, OutputError, UsageError
+from ferry.shared.storage.reader import Selection
+from ferry.shared.storage.writer import Owner
 from tests.support.checks import assert_tree_consistent
 from tests.support.harbor import HarborStandIn
 from tests.support.mounts import unavailable

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from importer.restore import RestoreOptions
-from importer.restore import run as restore
-from shared.errors import DiskFull, OutputError
-from shared.storage.writer import CLAIM_NAME, SMALL_BLOB, RootClaim
+from ferry.importer.restore import RestoreOptions
+from ferry.importer.restore import run as restore
+from ferry.shared.errors import DiskFull, OutputError
+from ferry.shared.storage.writer import CLAIM_NAME, SMALL_BLOB, RootClaim
 from tests.support.checks import assert_tree_consistent, validate_bundle
 from tests.support.images import Layout, make_layer
 from tests.support.mounts import tmpfs

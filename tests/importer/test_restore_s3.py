@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
 from ferry.cli import app
-from shared.bundle.reader import Bundle
-from shared.model import Catalog
-from shared.storage.reader import Selection
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.model import Catalog
+from ferry.shared.storage.reader import Selection
 from tests.support.proxy import Proxy
 from tests.support.registry import Registry
 from tests.support.s3 import S3Server

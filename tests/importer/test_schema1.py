@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from importer import schema1
-from shared.manifest import ManifestError
+from ferry.importer import schema1
+from ferry.shared.manifest import ManifestError
 
 A, B, C = ("sha256:" + c * 64 for c in "abc")
 

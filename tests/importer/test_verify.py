@@ -12,16 +12,16 @@ import msgpack
 import pytest
 import zstandard
 
-from bundler.export import ExportOptions
-from bundler.export import run as export
-from importer.inspect import run as inspect
-from importer.verify import VerifyOptions
-from importer.verify import run as verify
-from shared.bundle.format import blob_member
-from shared.bundle.reader import Bundle, plan_from_trailer
-from shared.bundle.tario import find_volumes
-from shared.errors import BundleDamaged, BundleFormatError, BundleVersionError, SourceNotFound
-from shared.storage.reader import Selection
+from ferry.bundler.export import ExportOptions
+from ferry.bundler.export import run as export
+from ferry.importer.inspect import run as inspect
+from ferry.importer.verify import VerifyOptions
+from ferry.importer.verify import run as verify
+from ferry.shared.bundle.format import blob_member
+from ferry.shared.bundle.reader import Bundle, plan_from_trailer
+from ferry.shared.bundle.tario import find_volumes
+from ferry.shared.errors import BundleDamaged, BundleFormatError, BundleVersionError, SourceNotFound
+from ferry.shared.storage.reader import Selection
 from tests.support.zoo import Zoo
 
 
@@ -119,7 +119,7 @@ def test_bundle_without_headers_checksum_still_verifies(
     zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a format 1.0 trailer has no headers_xxh3: every header is then checked on its own
-    import shared.bundle.writer as writer
+    import ferry.shared.bundle.writer as writer
 
     real = writer.encode_trailer
 

@@ -9,9 +9,9 @@ import msgpack
 import pytest
 import zstandard
 
-from shared.bundle.format import BundleInfo, decode_index, encode_index
-from shared.errors import BundleFormatError
-from shared.memory import MemoryRegistry, sample_layer
+from ferry.shared.bundle.format import BundleInfo, decode_index, encode_index
+from ferry.shared.errors import BundleFormatError
+from ferry.shared.memory import MemoryRegistry, sample_layer
 
 
 def _index(tamper: Callable[[dict[str, Any]], None]) -> bytes:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from shared.manifest import ManifestError, MediaType, parse_manifest
-from shared.storage.reader import Selection
+from ferry.shared.manifest import ManifestError, MediaType, parse_manifest
+from ferry.shared.storage.reader import Selection
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.digest import Digest
-from shared.storage.paths import (
+from ferry.shared.digest import Digest
+from ferry.shared.storage.paths import (
     BlobData,
     LayerLink,
     ManifestRevisionLink,

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from shared.bundle.tario import tar_header
+from ferry.shared.bundle.tario import tar_header
 
 
 def _tarfile_header(name: str, size: int, mtime: int) -> bytes:

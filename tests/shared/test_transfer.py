@@ -1,4 +1,4 @@
-"""The copy algorithm's contract with sinks (shared.transfer.copy)."""
+"""The copy algorithm's contract with sinks (ferry.shared.transfer.copy)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import DiskFull
-from shared.memory import MemoryRegistry, MemorySource, sample_layer
-from shared.model import Catalog, Manifest
-from shared.store import BlobContent, SinkResult
-from shared.transfer import copy
+from ferry.shared.errors import DiskFull
+from ferry.shared.memory import MemoryRegistry, MemorySource, sample_layer
+from ferry.shared.model import Catalog, Manifest
+from ferry.shared.store import BlobContent, SinkResult
+from ferry.shared.transfer import copy
 
 
 class _FailingBegin:

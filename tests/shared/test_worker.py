@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from shared.errors import DiskFull
-from shared.worker import Channel, Worker, WorkerError
+from ferry.shared.errors import DiskFull
+from ferry.shared.worker import Channel, Worker, WorkerError
 
 
 def _echo(channel: Channel) -> int:
@@ -70,7 +70,7 @@ def _running(pid: int) -> bool:
 
 CHILD_PROGRAM = """
 import os, sys, time
-from shared.worker import Worker
+from ferry.shared.worker import Worker
 
 def wait(channel):
     channel.recv()

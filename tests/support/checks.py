@@ -7,18 +7,18 @@ import json
 import subprocess
 from pathlib import Path
 
-from importer.verify import VerifyOptions
-from importer.verify import run as verify
-from shared.bundle.format import (
+from ferry.importer.verify import VerifyOptions
+from ferry.importer.verify import run as verify
+from ferry.shared.bundle.format import (
     INDEX_MEMBER,
     OCI_INDEX_MEMBER,
     OCI_LAYOUT_MEMBER,
     TRAILER_MEMBER,
     blob_member,
 )
-from shared.bundle.reader import Bundle
-from shared.bundle.tario import find_volumes
-from shared.model import Catalog
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.bundle.tario import find_volumes
+from ferry.shared.model import Catalog
 
 
 def validate_bundle(path: Path) -> Catalog:
@@ -63,8 +63,8 @@ def tags_of(catalog: Catalog) -> dict[str, dict[str, str]]:
 
 def assert_tree_consistent(root: Path, catalog: Catalog) -> None:
     """Every link the registry needs to serve ``catalog`` from ``root`` exists, exact, with verified data."""
-    from shared.digest import Digest
-    from shared.storage.paths import (
+    from ferry.shared.digest import Digest
+    from ferry.shared.storage.paths import (
         BlobData,
         LayerLink,
         ManifestRevisionLink,

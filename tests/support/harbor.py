@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from shared.manifest import MANIFEST_TYPES
+from ferry.shared.manifest import MANIFEST_TYPES
 
 from .proxy import FaultPlan, Proxy
 

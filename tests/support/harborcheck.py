@@ -23,11 +23,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from importer.names import map_names
-from shared.bundle.reader import Bundle
-from shared.manifest import INDEX_TYPES, MANIFEST_TYPES, SCHEMA1_TYPES
-from shared.model import Catalog
-from shared.registry.client import ClientConfig, Credentials, RegistryClient
+from ferry.importer.names import map_names
+from ferry.shared.bundle.reader import Bundle
+from ferry.shared.manifest import INDEX_TYPES, MANIFEST_TYPES, SCHEMA1_TYPES
+from ferry.shared.model import Catalog
+from ferry.shared.registry.client import ClientConfig, Credentials, RegistryClient
 
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 SIG_TAG = re.compile(r"^sha256-([0-9a-f]{64})\.sig$")

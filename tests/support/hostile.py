@@ -17,7 +17,7 @@ import msgpack
 import xxhash
 import zstandard
 
-from shared.bundle.format import INDEX_MEMBER, TRAILER_FORMAT, TRAILER_MEMBER
+from ferry.shared.bundle.format import INDEX_MEMBER, TRAILER_FORMAT, TRAILER_MEMBER
 
 
 @dataclass(frozen=True)
