@@ -12,11 +12,9 @@
 
 from __future__ import annotations
 
-import base64
 import http.cookiejar
 import json
 import logging
-import os
 import random
 import re
 import socket
@@ -26,14 +24,14 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
 
 import httpx
 
 from ..errors import AuthError, Diagnostic, RegistryError, RegistryUnreachable, UsageError
 from ..manifest import MANIFEST_TYPES
+from .credentials import Credentials
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,19 +51,11 @@ class NoCookies(http.cookiejar.DefaultCookiePolicy):
 
 
 @dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str = field(repr=False)
-
-    def basic_header(self) -> str:
-        """The ``Authorization`` value for HTTP basic auth."""
-        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-
-
-@dataclass(frozen=True)
 class ClientConfig:
     url: str  # https://harbor.example.com or http://127.0.0.1:5000
     credentials: Credentials | None = None
+    #: the credential sources looked at (credentials.resolve), named when the registry answers 401
+    credentials_tried: tuple[str, ...] = ()
     ca_cert: str | None = None
     insecure: bool = False
     timeout: float = 300.0
@@ -133,9 +123,21 @@ class RegistryAuth(httpx.Auth):
             return
         query: list[tuple[str, str | int | float | bool | None]] = [("service", params.get("service", ""))]
         query += [("scope", s) for s in params.get("scope", "").split(" ") if s]
-        token_request = httpx.Request("GET", params["realm"], params=query)
-        if self.credentials is not None:
-            token_request.headers["Authorization"] = self._basic_header()
+        creds = self.credentials
+        if creds is not None and creds.identity_token:
+            # an identity token is an OAuth2 refresh token: exchanged by POST (the distribution token spec)
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": creds.identity_token,
+                "service": params.get("service", ""),
+                "scope": params.get("scope", ""),
+                "client_id": "ferry",
+            }
+            token_request = httpx.Request("POST", params["realm"], data=form)
+        else:
+            token_request = httpx.Request("GET", params["realm"], params=query)
+            if creds is not None:
+                token_request.headers["Authorization"] = self._basic_header()
         token_response = yield token_request
         token_response.read()
         if token_response.status_code != 200:
@@ -212,6 +214,18 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _log_response(r: httpx.Response) -> None:
+    """One debug line per request (``-vv``): method, URL without credentials, status, time to headers."""
+    if log.isEnabledFor(logging.DEBUG):
+        started = r.request.extensions.get("ferry_started")
+        took = f" {time.monotonic() - started:.3f}s" if isinstance(started, float) else ""
+        log.debug("%s %s %d%s", r.request.method, redact(str(r.request.url)), r.status_code, took)
+
+
+def _mark_request(request: httpx.Request) -> None:
+    request.extensions["ferry_started"] = time.monotonic()
+
+
 class RegistryClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
@@ -227,6 +241,7 @@ class RegistryClient:
             ),
             headers={"Accept-Encoding": "identity", "User-Agent": "ferry"},
             follow_redirects=True,  # blob GETs/HEADs may redirect to storage
+            event_hooks={"request": [_mark_request], "response": [_log_response]},
         )
         self.http.cookies.jar.set_policy(NoCookies())
 
@@ -264,8 +279,25 @@ class RegistryClient:
                 f"{what}: authorization expired mid-request", method=method, url=redact(url), transport=True
             ) from None
         if r.status_code not in expect:
-            raise error_from(r, what)
+            err = error_from(r, what)
+            if isinstance(err, AuthError):
+                err.hint = self.auth_hint()
+            raise err
         return r
+
+    def auth_hint(self) -> str:
+        """What to do about a 401, naming where the credentials came from, or every place looked at."""
+        creds = self.config.credentials
+        if creds is not None:
+            return (
+                f"The registry refused the credentials from {creds.source or 'the options'}: check them, or log "
+                "in again (docker login / podman login), or pass -u USER --password-stdin."
+            )
+        tried = ", ".join(self.config.credentials_tried) or "--username, FERRY_REGISTRY_USERNAME/PASSWORD"
+        return (
+            f"No credentials for {self.base.split('://', 1)[-1]} were found (tried {tried}): pass -u USER "
+            "--password-stdin, --authfile FILE, or log in with docker login / podman login."
+        )
 
     def head(
         self,
@@ -475,29 +507,6 @@ def _read_head_response(f: BinaryIO) -> tuple[int, str | None, bool]:
 MANIFEST_ACCEPT = {"Accept": ", ".join(sorted(MANIFEST_TYPES))}
 
 
-def credentials_from(
-    url: str, username: str | None, password: str | None, *, env: str = "FERRY_REGISTRY"
-) -> Credentials | None:
-    """``--username`` + password, else ENV_USERNAME/ENV_PASSWORD (``FERRY_REGISTRY_…``; the source of a
-    copy: ``FERRY_SOURCE_…``), else the docker config's auth for the host."""
-    if username and password is not None:
-        return Credentials(username, password)
-    env_user, env_pw = os.environ.get(f"{env}_USERNAME"), os.environ.get(f"{env}_PASSWORD")
-    if env_user and env_pw is not None:
-        return Credentials(env_user, env_pw)
-    host = url.split("://", 1)[-1].split("/", 1)[0]
-    cfg = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
-    try:
-        auths = json.loads(cfg.read_text()).get("auths", {})
-    except (OSError, ValueError):
-        return None
-    for key, entry in auths.items():
-        if key.split("://", 1)[-1].split("/", 1)[0] == host and entry.get("auth"):
-            user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
-            return Credentials(user, pw)
-    return None
-
-
 def connect(client: RegistryClient, *, retries: int, backoff: float) -> httpx.Response:
     """The first contact, the same for every command: one authenticated ``GET /v2/`` (retried as
     ``retries`` says) that proves the URL, TLS, credentials and that the other side speaks the V2 API."""
@@ -619,7 +628,6 @@ __all__ = [
     "RegistryClient",
     "check_speaks_v2",
     "connect",
-    "credentials_from",
     "detect_harbor",
     "error_from",
     "parse_url",

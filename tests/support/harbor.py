@@ -8,7 +8,9 @@ faults injected into Harbor's own paths (5xx, 429, cut connections) at a chosen 
 It plays only what ferry calls (and, in front of /v2, the refusals Harbor's core adds: immutable tags,
 quota, manifest size): ``/api/systeminfo``, ``/api/projects`` and the 1.x internal sync calls;
 ``/api/v2.0/systeminfo`` and ``/api/v2.0/projects``; and the token service ``/service/token``, which like
-Harbor's grants no actions on a repository whose project does not exist.  Everything else (/v2) is
+Harbor's grants no actions on a repository whose project does not exist, and (unlike Harbor, as the
+distribution token spec's OAuth2 endpoint and cloud registries do) exchanges an identity token, a refresh
+token, given by POST: the one token service at hand that ferry's identitytoken support can be tested on.  Everything else (/v2) is
 forwarded to the real docker-registry behind it, which verifies the tokens this stand-in signs.
 """
 
@@ -109,6 +111,8 @@ class HarborStandIn:
     calls: list[tuple[str, str, object]] = field(default_factory=list)
     cookies_seen: list[str] = field(default_factory=list)
     tokens_issued: int = 0
+    #: identity (refresh) tokens the token service takes by POST, and the user each stands for
+    refresh_tokens: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> HarborStandIn:
         self.proxy = Proxy(self.upstream, faults=self.faults, route=self._route).start()
@@ -154,6 +158,18 @@ class HarborStandIn:
         if not (path.startswith("/api/") or path.startswith("/service/")):
             return False
         length = int(h.headers.get("Content-Length") or 0)
+        if path == "/service/token" and h.command == "POST":
+            form = urllib.parse.parse_qs(h.rfile.read(length).decode())
+            self.calls.append(("POST", path, form))
+            refresh = form.get("refresh_token", [""])[0]
+            who = self.refresh_tokens.get(refresh) if form.get("grant_type") == ["refresh_token"] else None
+            if who is None:
+                self._reply(
+                    h, 401, {"errors": [{"code": "UNAUTHORIZED", "message": "invalid refresh token"}]}
+                )
+            else:
+                self._token(h, who, {"scope": [x for x in form.get("scope", [""])[0].split(" ") if x]})
+            return True
         body = json.loads(h.rfile.read(length) or b"null") if length else None
         self.calls.append((h.command, path, body))
         user = self._authorized(h)
