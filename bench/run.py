@@ -212,8 +212,14 @@ def compile_ferry() -> None:
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     compile_ferry()
-    results: dict[str, object] = {"machine": {"cores": os.cpu_count(), "runs": RUNS}}
+    results: dict[str, object] = {"machine": machine()}
     only = os.environ.get("FERRY_BENCH_ONLY")
+    if not only or "startup" in only.split(","):
+        from bench import startup
+
+        print("benchmarking start-up (ferry --help, ferry verify missing.tar) ...", file=sys.stderr)
+        results["startup"] = startup.run(OUT / "startup-work")
+        save(results)
     for name in ("tags-5000", "bulk"):
         if only and name not in only.split(","):
             continue
@@ -311,6 +317,25 @@ def main() -> None:
     report(results)
 
 
+def machine() -> dict[str, object]:
+    """What the figures were measured on: per-item speed differs between machines of the same size."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "python": sys.version.split()[0],
+        "kernel": os.uname().release,
+        "runs": RUNS,
+    }
+
+
 def save(results: dict[str, object]) -> None:
     """Write what was measured so far (a long bench that is stopped keeps its earlier figures)."""
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
@@ -318,12 +343,28 @@ def save(results: dict[str, object]) -> None:
 
 def report(results: dict[str, object]) -> None:
     goals = []
+    m = results.get("machine")
+    if isinstance(m, dict):
+        print(
+            f"machine: {m.get('cores')} cores, {m.get('cpu')}, Python {m.get('python')}, {m.get('runs')} runs"
+        )
+    st = results.get("startup")
+    if isinstance(st, dict):
+        print(
+            f"\nstart-up (median of 21): installed ferry --help {st['installed_help_s']}s, verify missing.tar "
+            f"{st['installed_verify_missing_s']}s; dev venv {st['dev_help_s']}s / {st['dev_verify_missing_s']}s; "
+            f"python -c pass {st['python_s']}s"
+        )
+        goals.append(("startup: ferry --help within 0.15 s", st["installed_help_s"] <= 0.15))
+        goals.append(
+            ("startup: ferry verify missing.tar within 0.15 s", st["installed_verify_missing_s"] <= 0.15)
+        )
     print(
         f"\n{'tree':<10} {'ferry export':>13} {'tar -cf':>9} {'ratio':>6} {'MB/s':>7} {'peak MiB':>9} "
         f"{'verify':>8} {'openssl':>8} {'speedup':>8} {'restore':>8} {'tar-x+chown':>12} {'ratio':>6}"
     )
     for name, r in results.items():
-        if name in ("machine", "waves") or name.startswith(("push-", "harbor-", "api-", "s3-")):
+        if name in ("machine", "waves", "startup") or name.startswith(("push-", "harbor-", "api-", "s3-")):
             continue
         assert isinstance(r, dict)
         print(

@@ -75,6 +75,8 @@ class ExportOptions:
     s3: S3Config | None = None
     #: an install kit (``ferry kit -o DIR``) to carry in the bundle, under ferry/kit/
     with_kit: Path | None = None
+    #: replace an existing bundle of that name (else refused before anything is read)
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,25 +119,26 @@ class ExportResult:
             "delta": bool(self.bases),
             "bases": [{"bundleId": b.bundle_id, "created": b.created} for b in self.bases],
             "carried": {
-                "blobs": self.carried_blobs,
-                "manifests": self.carried_manifests,
+                "blobCount": self.carried_blobs,
+                "manifestCount": self.carried_manifests,
                 "bytes": self.carried_bytes,
             },
-            "tagsNew": self.count("new"),
-            "tagsMoved": self.count("moved"),
-            "tagsGone": self.count("gone"),
+            "tagsNewCount": self.count("new"),
+            "tagsMovedCount": self.count("moved"),
+            "tagsGoneCount": self.count("gone"),
             "resumed": self.resumed,
             "resumedBytes": self.resumed_bytes,
             "notes": list(self.notes),
             "kit": list(self.kit),
-            "repositories": self.repositories,
-            "tags": self.tags,
-            "untagged": self.untagged,
-            "manifests": self.manifests,
-            "blobs": self.blobs,
+            "ok": True,
+            "repositoryCount": self.repositories,
+            "tagCount": self.tags,
+            "untaggedCount": self.untagged,
+            "manifestCount": self.manifests,
+            "blobCount": self.blobs,
             "blobBytes": self.blob_bytes,
             "bundleBytes": self.bundle_bytes,
-            "foreignLayers": self.foreign_layers,
+            "foreignLayerCount": self.foreign_layers,
             "skipped": [
                 {"image": s.ref, "digest": s.digest, "reason": s.reason, "missing": list(s.missing)}
                 for s in self.skipped
@@ -296,6 +299,13 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         raise OutputError(f"--receipt {opts.receipt}: its directory does not exist")
     if opts.with_kit is not None:
         kit_files(opts.with_kit)  # a folder that is no kit is refused before the walk
+    if opts.output is not None and not opts.force:
+        there = [p for p in (opts.output, opts.output.with_name(opts.output.name + ".000")) if p.exists()]
+        if there:
+            raise OutputError(
+                f"{there[0]} exists: refusing to overwrite it",
+                hint="Pass --force to replace it, or name another output with -o.",
+            )
     if opts.registry is not None:
         return _run_registry(opts, opts.registry, on_progress, started)
     partial, bases, ident = _begin(opts)
@@ -327,7 +337,13 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         result, fs = _scan(opts, on_progress, defer_hashing=False, skip_broken=opts.skip_broken, bases=bases)
         ident, point = _Identity.new(), None
         out, sink = _write(opts, TreeSource(result), _tree_source(opts, fs), on_progress, ident, point)
-    return _result(opts, result.catalog, out, sink, ident, point, started)
+    notes: tuple[str, ...] = ()
+    if result.untagged_left:
+        notes = (
+            f"{result.untagged_left} manifests that no tag reaches (untagged) were left out: --untagged "
+            "exports them by digest",
+        )
+    return _result(opts, result.catalog, out, sink, ident, point, started, notes)
 
 
 def _result(

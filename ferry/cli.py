@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ferry.importer.restore import RestoreResult
     from ferry.importer.verify import VerifyResult
     from ferry.shared.bundle.receipt import ReceiptResult
-    from ferry.shared.registry.client import Credentials
+    from ferry.shared.registry.credentials import Resolved
     from ferry.shared.storage.writer import Owner
 
 # Each command imports what it runs inside its own body: a start-up that loads every command's modules (httpx,
@@ -63,6 +63,9 @@ app = typer.Typer(
     epilog="Environment: " + "; ".join(f"{var}: {what}" for var, what in ENVIRONMENT) + ".",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # plain help (click's formatter): it wraps every text to the terminal; rich's option tables cut long
+    # words (URLs, variable names) at 80 columns
+    rich_markup_mode=None,
 )
 log = logging.getLogger("ferry")
 
@@ -83,6 +86,15 @@ PasswordStdinOpt = Annotated[
         help="Read the password from stdin (else FERRY_REGISTRY_PASSWORD or docker config).",
     ),
 ]
+AuthfileOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--authfile",
+        help="Read registry credentials from this auth file only (containers auth.json or docker config.json "
+        "form) instead of REGISTRY_AUTH_FILE, the containers and docker files.",
+        show_default=False,
+    ),
+]
 CaCertOpt = Annotated[
     Optional[Path], typer.Option("--ca-cert", help="CA certificate bundle for the registry's TLS.")
 ]
@@ -101,6 +113,30 @@ PlatformOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def parse_images_file(path: Path) -> tuple[str, ...]:
+    """``--images-from``: one ``repository[:tag]`` per line, as the seed's images.list; each becomes an
+    exact pattern (names and tags hold no glob characters), so one that matches nothing is named."""
+    from ferry.shared.storage.paths import repository_problem, tag_problem
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--images-from {path}: cannot read it ({type(e).__name__}: {e})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        ref = line.split("#", 1)[0].strip()
+        if not ref:
+            continue
+        repo, _, tag = ref.partition(":")
+        problem = repository_problem(repo) or (tag_problem(tag) if tag else None)
+        if problem is not None:
+            raise UsageError(f"--images-from {path}, line {n}: {ref!r}: {problem}")
+        out.append(ref)
+    if not out:
+        raise UsageError(f"--images-from {path}: lists no image")
+    return tuple(out)
 
 
 def parse_platforms(items: Optional[list[str]]) -> tuple[str, ...]:
@@ -258,6 +294,15 @@ def export(
             "--exclude", help="Leave out images matching this glob on 'repo' or 'repo:tag' (repeatable)."
         ),
     ] = None,
+    images_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--images-from",
+            help="Only the images this file lists, one 'repository' or 'repository:tag' per line ('#' "
+            "starts a comment); a line that matches nothing is an error.",
+            show_default=False,
+        ),
+    ] = None,
     skip_broken: Annotated[
         bool,
         typer.Option(
@@ -308,6 +353,7 @@ def export(
             show_default=False,
         ),
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle of that name.")] = False,
     with_kit: Annotated[
         Optional[Path],
         typer.Option(
@@ -319,6 +365,7 @@ def export(
     ] = None,
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
+    authfile: AuthfileOpt = None,
     ca_cert: CaCertOpt = None,
     insecure: InsecureOpt = False,
     retries: RetriesOpt = 5,
@@ -378,12 +425,13 @@ def export(
                 "--s3-endpoint, --s3-region, --s3-profile and --s3-path-style are for s3://BUCKET/PREFIX"
             )
         if root.startswith(("docker://", "http://", "https://")):
-            url, credentials = _registry_access(
-                root, username, password_stdin, ca_cert, insecure, bundle_on_stdin=False
+            url, found = _registry_access(
+                root, username, password_stdin, ca_cert, insecure, authfile, bundle_on_stdin=False
             )
             config = ClientConfig(
                 url=url,
-                credentials=credentials,
+                credentials=found.credentials,
+                credentials_tried=found.tried,
                 ca_cert=str(ca_cert) if ca_cert else None,
                 insecure=insecure,
                 connections=max(8, 2 * (jobs or 8)),
@@ -403,7 +451,7 @@ def export(
             api_jobs=jobs or 8,
             output=None if output == "-" else Path(output),
             selection=Selection(
-                include=tuple(include or ()),
+                include=tuple(include or ()) + (parse_images_file(images_from) if images_from else ()),
                 exclude=tuple(exclude or ()),
                 untagged=untagged,
                 platforms=parse_platforms(platform),
@@ -415,6 +463,7 @@ def export(
             receipt=receipt,
             resume=resume,
             with_kit=with_kit,
+            force=force,
         )
         with render.progress(not quiet and not as_json) as on_progress:
             return run_export(opts, on_progress=on_progress)
@@ -514,8 +563,20 @@ def verify(
 
 
 @app.command()
-def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
+def inspect(
+    bundle: BundleArg,
+    no_trunc: Annotated[
+        bool,
+        typer.Option("--no-trunc", help="Full digests (the default when stdout is not a terminal)."),
+    ] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Show what a bundle holds: repositories, tags, images, blobs, bytes, skipped items, source."""
+    full = no_trunc or not sys.stdout.isatty()
+
+    def short(digest: str) -> str:
+        return digest if full else digest[:19] + "…"
 
     def show(r: "InspectResult") -> None:
         d: dict[str, Any] = r.to_dict()
@@ -525,15 +586,15 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
             + (f", bundle id {d['bundleId']}" if d["bundleId"] else "")
             + "\n"
             f"source: {render.safe(src.get('path'))} ({render.safe(src.get('kind'))}) on {render.safe(src.get('host'))}\n"
-            f"{len(d['repositories'])} repositories, {len(d['images'])} images, {d['manifests']} manifests, "
-            f"{d['blobs']} blobs, {render.human(d['bytes'])} of content, bundle {render.human(d['bundleBytes'])}",
+            f"{len(d['repositories'])} repositories, {len(d['images'])} images, {d['manifestCount']} manifests, "
+            f"{d['blobCount']} blobs, {render.human(d['bytes'])} of content, bundle {render.human(d['bundleBytes'])}",
             soft_wrap=True,
         )
         rows = [
             [
                 i["repository"],
                 i["tag"] if i["tag"] is not None else "(untagged)",
-                i["digest"][:19] + "…",
+                short(i["digest"]),
                 i["mediaType"].rsplit("/", 1)[-1],
                 ", ".join(i["platforms"]),
             ]
@@ -554,12 +615,12 @@ def inspect(bundle: BundleArg, quiet: QuietOpt = False, as_json: JsonOpt = False
                 ("[bold]delta[/] on " if w["delta"] else "exported against ")
                 + ", ".join(f"{b['bundleId']} ({b['created']})" for b in w["bases"])
                 + f": adds {len(w['tagsNew'])} tags, moves {len(w['tagsMoved'])}, "
-                f"{w['manifestsNew']} manifests and {w['blobsNew']} blobs new ({render.human(w['bytesNew'])}); "
-                f"{w['carried']['blobs']} blobs ({render.human(w['carried']['bytes'])}) came with the bases",
+                f"{w['manifestsNewCount']} manifests and {w['blobsNewCount']} blobs new ({render.human(w['bytesNew'])}); "
+                f"{w['carried']['blobCount']} blobs ({render.human(w['carried']['bytes'])}) came with the bases",
                 soft_wrap=True,
             )
             for c in w["tagsMoved"]:
-                render.out.print(f"  moved {render.safe(c['ref'])}: {c['old'][:19]}… → {c['digest'][:19]}…")
+                render.out.print(f"  moved {render.safe(c['ref'])}: {short(c['old'])} → {short(c['digest'])}")
             if w["tagsGone"]:
                 render.out.print(
                     f"{len(w['tagsGone'])} tag(s) in a base but not in this selection (left as they are on "
@@ -686,9 +747,9 @@ def _show_push(r: "PushResult", overwrite: bool = False) -> None:
             )
     d = r.to_dict()
     render.err.print(
-        f"[{'green' if not r.failed else 'red'}]pushed[/] {d['pushed']} images, {d['skipped']} skipped, "
-        f"{d['failed']} failed"
-        + (f", {d['conflicts']} tags kept where the target had them" if d["conflicts"] else "")
+        f"[{'green' if not r.failed else 'red'}]pushed[/] {d['pushedCount']} images, {d['skippedCount']} skipped, "
+        f"{d['failedCount']} failed"
+        + (f", {d['conflictCount']} tags kept where the target had them" if d["conflictCount"] else "")
         + f" → {render.safe(r.registry)}: {r.blobs_uploaded} blobs uploaded ({render.human(r.bytes_uploaded)}), "
         f"{r.blobs_mounted} mounted, {r.blobs_present} already there"
         + (f"; projects created: {render.safe(', '.join(r.projects_created))}" if r.projects_created else "")
@@ -859,13 +920,15 @@ def _registry_access(
     password_stdin: bool,
     ca_cert: Optional[Path],
     insecure: bool,
+    authfile: Optional[Path],
     *,
     bundle_on_stdin: bool,
-) -> "tuple[str, Credentials | None]":
+) -> "tuple[str, Resolved]":
     """The registry options every command that talks to one takes (push, diff), checked the same way
     before anything is opened: the URL, the CA bundle, and the credentials (-u with --password-stdin or
-    FERRY_REGISTRY_PASSWORD, else FERRY_REGISTRY_USERNAME/PASSWORD or the docker config)."""
-    from ferry.shared.registry.client import credentials_from, parse_url, ssl_context
+    FERRY_REGISTRY_PASSWORD, else FERRY_REGISTRY_USERNAME/PASSWORD, else the auth files: credentials.resolve)."""
+    from ferry.shared.registry.client import parse_url, ssl_context
+    from ferry.shared.registry.credentials import resolve
 
     if password_stdin and not username:
         raise UsageError(
@@ -881,7 +944,7 @@ def _registry_access(
                 "--username needs --password-stdin or FERRY_REGISTRY_PASSWORD (never a password in argv)"
             )
         password = _password(password_stdin, bundle_on_stdin, "FERRY_REGISTRY_PASSWORD")
-    return url, credentials_from(registry, username, password)
+    return url, resolve(registry, username, password, authfile=authfile)
 
 
 def parse_map(items: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
@@ -909,6 +972,7 @@ def push(
     ],
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
+    authfile: AuthfileOpt = None,
     ca_cert: CaCertOpt = None,
     insecure: InsecureOpt = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Blobs and images in flight at once.")] = 8,
@@ -955,13 +1019,14 @@ def push(
         from ferry.importer.push import PushOptions
         from ferry.importer.push import run as run_push
 
-        url, credentials = _registry_access(
-            registry, username, password_stdin, ca_cert, insecure, bundle_on_stdin=bundle == "-"
+        url, found = _registry_access(
+            registry, username, password_stdin, ca_cert, insecure, authfile, bundle_on_stdin=bundle == "-"
         )
         opts = PushOptions(
             bundle=bundle,
             registry=url,
-            credentials=credentials,
+            credentials=found.credentials,
+            credentials_tried=found.tried,
             ca_cert=str(ca_cert) if ca_cert else None,
             insecure=insecure,
             jobs=jobs,
@@ -1030,6 +1095,7 @@ def copy(
     ] = False,
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
+    authfile: AuthfileOpt = None,
     ca_cert: CaCertOpt = None,
     insecure: InsecureOpt = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Requests in flight on each side.")] = 8,
@@ -1059,7 +1125,8 @@ def copy(
         from ferry.importer.copy import run as run_copy
         from ferry.importer.push import PushOptions
         from ferry.importer.restore import RestoreOptions
-        from ferry.shared.registry.client import ClientConfig, credentials_from, parse_url, ssl_context
+        from ferry.shared.registry.client import ClientConfig, parse_url, ssl_context
+        from ferry.shared.registry.credentials import resolve
         from ferry.shared.storage.reader import Selection
 
         src_config = None
@@ -1069,9 +1136,11 @@ def copy(
             pw = os.environ.get("FERRY_SOURCE_PASSWORD") if src_username else None
             if src_username and pw is None:
                 raise UsageError("--src-username needs FERRY_SOURCE_PASSWORD (never a password in argv)")
+            src_found = resolve(source, src_username, pw, env="FERRY_SOURCE")
             src_config = ClientConfig(
                 url=src_url,
-                credentials=credentials_from(source, src_username, pw, env="FERRY_SOURCE"),
+                credentials=src_found.credentials,
+                credentials_tried=src_found.tried,
                 ca_cert=str(src_ca_cert) if src_ca_cert else None,
                 insecure=src_insecure,
                 connections=max(8, 2 * jobs),
@@ -1082,13 +1151,14 @@ def copy(
             )
         push_opts = restore_opts = None
         if registry_target:
-            url, credentials = _registry_access(
-                target, username, password_stdin, ca_cert, insecure, bundle_on_stdin=False
+            url, found = _registry_access(
+                target, username, password_stdin, ca_cert, insecure, authfile, bundle_on_stdin=False
             )
             push_opts = PushOptions(
                 bundle=source,
                 registry=url,
-                credentials=credentials,
+                credentials=found.credentials,
+                credentials_tried=found.tried,
                 ca_cert=str(ca_cert) if ca_cert else None,
                 insecure=insecure,
                 jobs=jobs,
@@ -1198,6 +1268,7 @@ def diff(
     ] = False,
     username: UsernameOpt = None,
     password_stdin: PasswordStdinOpt = False,
+    authfile: AuthfileOpt = None,
     ca_cert: CaCertOpt = None,
     insecure: InsecureOpt = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Requests in flight at once.")] = 16,
@@ -1219,18 +1290,20 @@ def diff(
     def go() -> "DiffResult":
         from ferry.importer.diff import DiffOptions
         from ferry.importer.diff import run as run_diff
+        from ferry.shared.registry.credentials import Resolved
 
-        url = credentials = None
+        url, found = None, Resolved(None, ())
         if registry is not None:
-            url, credentials = _registry_access(
-                registry, username, password_stdin, ca_cert, insecure, bundle_on_stdin=False
+            url, found = _registry_access(
+                registry, username, password_stdin, ca_cert, insecure, authfile, bundle_on_stdin=False
             )
         return run_diff(
             DiffOptions(
                 bundle=bundle,
                 registry=url,
                 root=root,
-                credentials=credentials,
+                credentials=found.credentials,
+                credentials_tried=found.tried,
                 ca_cert=str(ca_cert) if ca_cert else None,
                 insecure=insecure,
                 retries=retries,
@@ -1254,7 +1327,7 @@ def diff(
         t = r.counts("tag")
         render.out.print(
             f"[{'green' if r.ok else 'red'}]{'ok' if r.ok else 'differs'}[/] {render.safe(r.target)}: "
-            f"tags {t['ok']} ok, {t['missing']} missing, {t['different']} different; "
+            f"tags {t['okCount']} ok, {t['missingCount']} missing, {t['differentCount']} different; "
             f"{sum(r.counts('untagged').values())} untagged and {sum(r.counts('child').values())} index children "
             f"checked; {r.checked_blobs} blobs checked, {len(r.blobs)} with a problem"
             + (f"; {len(r.skipped)} schema 1 tags not compared (push skips them)" if r.skipped else "")
@@ -1375,7 +1448,58 @@ def main() -> None:
     gc.set_threshold(100_000, 50, 50)
     # `kill` and service managers stop a run with SIGTERM: clean up as for Ctrl-C, say so, exit 143
     signal.signal(signal.SIGTERM, _on_sigterm)
-    app()
+    sys.argv[1:] = global_options_first(sys.argv[1:])
+    _wrap_help_at_spaces()
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    # under --json a mistake on the command line is a JSON document too, like every other error
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:
+        if type(e).__name__ not in (
+            "UsageError",
+            "BadParameter",
+            "MissingParameter",
+            "NoSuchOption",
+            "BadOptionUsage",
+            "BadArgumentUsage",
+        ):
+            raise
+        render.print_json(
+            {
+                "ok": False,
+                "error": {"code": "usage", "message": e.format_message(), "hint": "See --help."},  # type: ignore[attr-defined]
+            }
+        )
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _wrap_help_at_spaces() -> None:
+    """Help wraps at spaces only: click also breaks after hyphens, which cuts ``--password-stdin`` in two
+    at 80 columns.  Its wrapper is typer's vendored click from typer 0.26 on, click's own before (3.9)."""
+    import importlib
+
+    for name in ("typer._click._textwrap", "click._textwrap"):
+        try:
+            tw = importlib.import_module(name)
+        except ImportError:
+            continue
+        tw.TextWrapper.wordsep_re = tw.TextWrapper.wordsep_simple_re
+        return
+
+
+_GLOBAL_FLAGS = re.compile(r"^(-v+|--verbose|--debug)$")
+
+
+def global_options_first(args: list[str]) -> list[str]:
+    """``ferry push b.tar -vv`` as ``ferry -vv push b.tar``: operators add -v where they notice they need it,
+    at the end of the line.  No option takes a value that looks like these (up to ``--``, which ends them)."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if _GLOBAL_FLAGS.match(a)]
+    rest = [a for a in args[:end] if not _GLOBAL_FLAGS.match(a)]
+    return flags + rest + args[end:]
 
 
 if __name__ == "__main__":

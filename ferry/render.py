@@ -63,6 +63,10 @@ class _LazyRichHandler(logging.Handler):
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(message)s", handlers=[_LazyRichHandler()])
+    # -vv shows ferry's own requests (the registry client logs each); the HTTP libraries' internals
+    # (connections, headers, TLS) stay out unless something goes wrong
+    for name in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def print_json(doc: Any) -> None:
@@ -118,19 +122,30 @@ def progress(enabled: bool) -> Iterator[ProgressCallback]:
         return
     from rich.progress import (
         BarColumn,
-        DownloadColumn,
         Progress,
+        ProgressColumn,
         TaskID,
         TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
+    from rich.text import Text
+
+    class Amount(ProgressColumn):
+        """Bytes (done/total and a rate) for byte phases; a count for the others (the walk of a source,
+        which has no total until it ends: images or manifests found so far)."""
+
+        def render(self, task: Any) -> Text:
+            unit = task.fields.get("unit", "B")
+            if unit != "B":
+                return Text(f"{int(task.completed)} {unit} found")
+            total = f"/{human(task.total)}" if task.total else ""
+            speed = f"  {human(task.speed)}/s" if task.speed else ""
+            return Text(f"{human(task.completed)}{total}{speed}")
 
     bars = Progress(
         TextColumn("[bold]{task.description:<14}"),
         BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        Amount(),
         TextColumn("{task.fields[count]}"),
         TimeRemainingColumn(),
         console=_console(True),
@@ -139,11 +154,15 @@ def progress(enabled: bool) -> Iterator[ProgressCallback]:
     tasks: dict[str, TaskID] = {}
 
     def on(ev: ProgressEvent) -> None:
-        if ev.unit != "B":
-            return
         tid = tasks.get(ev.phase)
         if tid is None:
-            tid = tasks[ev.phase] = bars.add_task(ev.phase, total=ev.total or None, count="")
+            for t in bars.tasks:  # a walk that another phase follows is over: its bar is full
+                if t.fields.get("unit", "B") != "B" and t.total is None:
+                    bars.update(t.id, total=max(t.completed, 1), completed=max(t.completed, 1))
+            tid = tasks[ev.phase] = bars.add_task(ev.phase, total=ev.total or None, count="", unit=ev.unit)
+        if ev.unit != "B":
+            bars.update(tid, completed=ev.done, total=ev.total or None)
+            return
         count = f"{ev.files}/{ev.files_total}" if ev.files_total else str(ev.files)
         bars.update(tid, completed=ev.done, total=ev.total or None, count=f"{count} {ev.items}")
 
@@ -162,6 +181,14 @@ def status(enabled: bool, what: str) -> Iterator[None]:
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A table on a terminal; tab-separated lines, one per row, anywhere else (for grep, cut and awk:
+    a table folded to 80 columns would break a digest across lines)."""
+    if not _console(False).is_terminal:
+        sys.stdout.write("\t".join(columns) + "\n")
+        for r in rows:
+            sys.stdout.write("\t".join(str(c).translate(_CONTROL) for c in r) + "\n")
+        sys.stdout.flush()
+        return
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)

@@ -42,6 +42,8 @@ class DiffOptions:
     registry: str | None = None
     root: Path | None = None
     credentials: Credentials | None = None
+    #: where credentials were looked for (named when the registry answers 401)
+    credentials_tried: tuple[str, ...] = ()
     ca_cert: str | None = None
     insecure: bool = False
     retries: int = 5
@@ -92,19 +94,19 @@ class DiffResult:
         return not self.blobs and all(e.status == "ok" for e in self.entries)
 
     def counts(self, kind: str) -> dict[str, int]:
-        out = {"ok": 0, "missing": 0, "different": 0}
+        out = {"okCount": 0, "missingCount": 0, "differentCount": 0}
         for e in self.entries:
             if e.kind == kind:
-                out[e.status] += 1
+                out[e.status + "Count"] += 1
         return out
 
     def to_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
             "target": self.target,
-            "tags": self.counts("tag"),
-            "untagged": self.counts("untagged"),
-            "children": self.counts("child"),
+            "tagStatus": self.counts("tag"),
+            "untaggedStatus": self.counts("untagged"),
+            "childStatus": self.counts("child"),
             "problems": [e.to_dict() for e in self.entries if e.status != "ok"],
             "blobsChecked": self.checked_blobs,
             "blobs": [{"repository": r, "digest": d, "problem": p} for r, d, p in self.blobs],
@@ -170,6 +172,7 @@ def _diff_registry(catalog: Catalog, opts: DiffOptions) -> DiffResult:
         ClientConfig(
             url=opts.registry,
             credentials=opts.credentials,
+            credentials_tried=opts.credentials_tried,
             ca_cert=opts.ca_cert,
             insecure=opts.insecure,
             connections=max(4, opts.jobs),

@@ -22,6 +22,7 @@ class InspectResult:
     def to_dict(self) -> dict[str, Any]:
         c = self.catalog
         return {
+            "ok": True,
             "path": self.path,
             "formatVersion": ".".join(map(str, self.info.version)),
             "bundleId": self.info.bundle_id,
@@ -33,9 +34,9 @@ class InspectResult:
             "repositories": [
                 {
                     "name": r.name,
-                    "tags": len(r.tags),
-                    "untagged": len(r.untagged),
-                    "manifests": len(r.manifests),
+                    "tagCount": len(r.tags),
+                    "untaggedCount": len(r.untagged),
+                    "manifestCount": len(r.manifests),
                 }
                 for r in c.repositories
             ],
@@ -50,8 +51,8 @@ class InspectResult:
                 }
                 for i in c.images()
             ],
-            "manifests": len(c.manifests),
-            "blobs": len(c.blobs),
+            "manifestCount": len(c.manifests),
+            "blobCount": len(c.blobs),
             "bytes": c.total_bytes,
             "bundleBytes": self.bundle_bytes,
             "wave": wave(c),

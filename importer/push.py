@@ -48,6 +48,8 @@ class PushOptions:
     bundle: str  # path or "-"
     registry: str  # URL
     credentials: Credentials | None = None
+    #: where credentials were looked for (named when the registry answers 401)
+    credentials_tried: tuple[str, ...] = ()
     ca_cert: str | None = None
     insecure: bool = False
     jobs: int = 8
@@ -108,13 +110,13 @@ class PushResult:
         return {
             "ok": not self.failed,
             "registry": self.registry,
-            "harbor": self.harbor,
+            "harborVersion": self.harbor,
             "dryRun": self.dry_run,
             "projectsCreated": list(self.projects_created),
             "images": [
                 {
                     "ref": i.ref,
-                    "source": i.source,
+                    "bundleRef": i.source,
                     "digest": i.digest,
                     "status": i.status,
                     "reason": i.reason,
@@ -122,10 +124,10 @@ class PushResult:
                 }
                 for i in self.images
             ],
-            "pushed": sum(i.status == "pushed" for i in self.images),
-            "skipped": sum(i.status == "skipped" for i in self.images),
-            "failed": sum(i.status == "failed" for i in self.images),
-            "conflicts": sum(i.status == "conflict" for i in self.images),
+            "pushedCount": sum(i.status == "pushed" for i in self.images),
+            "skippedCount": sum(i.status == "skipped" for i in self.images),
+            "failedCount": sum(i.status == "failed" for i in self.images),
+            "conflictCount": sum(i.status == "conflict" for i in self.images),
             "tagsKept": [{"ref": r, "target": t, "bundle": b} for r, t, b in self.tags_kept],
             "tagsMoved": [{"ref": r, "target": t, "bundle": b} for r, t, b in self.tags_moved],
             "refusedProjects": [
@@ -258,6 +260,7 @@ def run(
         ClientConfig(
             url=opts.registry,
             credentials=opts.credentials,
+            credentials_tried=opts.credentials_tried,
             ca_cert=opts.ca_cert,
             insecure=opts.insecure,
             connections=max(4, opts.jobs * 2),

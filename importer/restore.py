@@ -75,8 +75,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "repositories": self.repositories,
-            "tags": self.tags,
+            "repositoryCount": self.repositories,
+            "tagCount": self.tags,
             "blobsToWrite": self.blobs_to_write,
             "bytesToWrite": self.bytes_to_write,
             "blobsPresent": self.blobs_present,

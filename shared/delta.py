@@ -167,12 +167,12 @@ def wave(catalog: Catalog) -> dict[str, object]:
     return {
         "delta": bool(carried),
         "bases": [{"bundleId": b.bundle_id, "created": b.created} for b in catalog.bases],
-        "manifestsNew": sum(1 for d in catalog.manifests if d not in carried),
-        "blobsNew": sum(1 for d in catalog.blobs if d not in carried),
+        "manifestsNewCount": sum(1 for d in catalog.manifests if d not in carried),
+        "blobsNewCount": sum(1 for d in catalog.blobs if d not in carried),
         "bytesNew": catalog.member_bytes,
         "carried": {
-            "manifests": sum(1 for d in catalog.manifests if d in carried),
-            "blobs": sum(1 for d in catalog.blobs if d in carried),
+            "manifestCount": sum(1 for d in catalog.manifests if d in carried),
+            "blobCount": sum(1 for d in catalog.blobs if d in carried),
             "bytes": catalog.total_bytes - catalog.member_bytes,
         },
         "tagsNew": tags("new"),

@@ -174,6 +174,8 @@ class RegistrySink:
             tuple[str, str], list[tuple[tuple[str, str], list[tuple[str, str]], Callable[[], None]]]
         ] = {}
         self._done_bytes = 0
+        #: bytes of uploads under way, by (repository, digest): progress moves within a long blob
+        self._inflight: dict[tuple[str, str], int] = {}
         self._total_bytes = 0
         self._images_done = 0
         self._images_total = 0
@@ -522,16 +524,29 @@ class RegistrySink:
         with self._lock:
             self._done_bytes += n
             self._images_done += images
-            self._on_progress(
-                Progress(
-                    "push",
-                    self._done_bytes,
-                    self._total_bytes,
-                    files=self._images_done,
-                    files_total=self._images_total,
-                    items="images",
-                )
+            self._report()
+
+    def _flowing(self, key: tuple[str, str], chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``chunks`` as they go up, counted as in flight (a blob of GBs shows progress before it is done)."""
+        for chunk in chunks:
+            with self._lock:
+                self._inflight[key] = self._inflight.get(key, 0) + len(chunk)
+                self._report()
+            yield chunk
+
+    def _report(self) -> None:
+        # under self._lock; done never goes past the total (an upload retried counts its bytes again)
+        done = min(self._total_bytes, self._done_bytes + sum(self._inflight.values()))
+        self._on_progress(
+            Progress(
+                "push",
+                done,
+                self._total_bytes,
+                files=self._images_done,
+                files_total=self._images_total,
+                items="images",
             )
+        )
 
     # -- blobs -------------------------------------------------------------------------------------
     def _blob(self, targets: list[str], body: _Body) -> None:
@@ -610,7 +625,11 @@ class RegistrySink:
         size, d = body.content.size, body.content.digest
         first = [location]
 
+        key = (repo, d)
+
         def attempt() -> None:
+            with self._lock:
+                self._inflight[key] = 0  # a retry sends the bytes again
             loc = first.pop() if first else None
             if loc is None:
                 r = c.request(
@@ -624,7 +643,7 @@ class RegistrySink:
                     expect=(201,),
                     what=f"upload {d} to {repo}",
                     headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                    content=body.chunks(),
+                    content=self._flowing(key, body.chunks()),
                 )
             else:
                 start = 0
@@ -640,7 +659,7 @@ class RegistrySink:
                             "Content-Length": str(end - start),
                             "Content-Range": f"{start}-{end - 1}",
                         },
-                        content=body.chunks(start, end),
+                        content=self._flowing(key, body.chunks(start, end)),
                     )
                     loc = _location(r)  # always the newest Location
                     start = end
@@ -657,7 +676,11 @@ class RegistrySink:
             if got and got != d:
                 raise RegistryError(f"upload of {d} to {repo}: the registry stored {got}")
 
-        with_retries(attempt, attempts=self.retries, backoff=self.backoff, what=f"upload {d}")
+        try:
+            with_retries(attempt, attempts=self.retries, backoff=self.backoff, what=f"upload {d}")
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)  # counted as done, with the blob, by put_blob
         with self._lock:
             self.stats.blobs_uploaded += 1
             self.stats.bytes_uploaded += size

@@ -100,13 +100,14 @@ class ReceiptResult:
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "ok": True,
             "bundleId": self.bundle_id,
             "created": self.created,
             "output": self.output,
             "bytes": self.bytes,
-            "tags": self.tags,
-            "manifests": self.manifests,
-            "blobs": self.blobs,
+            "tagCount": self.tags,
+            "manifestCount": self.manifests,
+            "blobCount": self.blobs,
         }
 
 

@@ -223,6 +223,12 @@ def scan_registry(
     try:
         listed = dict(zip(repos, pool.map(lister.tags, repos)))
         roots: list[tuple[str, str]] = []
+        if sel.include or sel.exclude:
+            matched: set[str] = set()
+            for repo in repos:
+                for t in (None, *listed[repo]):
+                    matched |= sel.matching(repo, t)
+            sel.unmatched(matched)
         for repo in repos:
             for tag in listed[repo]:
                 problem = tag_problem(tag)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, cast
 
 from ..digest import Digest, digest_of, xxh3_of
-from ..errors import BrokenImage, BrokenImages, SourceUnreadable
+from ..errors import BrokenImage, BrokenImages, SourceUnreadable, UsageError
 from ..hashing import HashJob, HashPool, HashProcess, RangeHashes
 from ..manifest import ManifestError, ManifestInfo, parse_manifest
 from ..model import Blob, Catalog, Manifest, Repository, Skipped
@@ -95,11 +95,35 @@ class Selection:
             return True
         return any(platform == p or platform.startswith(p + "/") for p in self.platforms)
 
+    @staticmethod
+    def _hit(p: str, repo: str, tag: str | None) -> bool:
+        if ":" in p:
+            return tag is not None and fnmatch.fnmatchcase(f"{repo}:{tag}", p)
+        return fnmatch.fnmatchcase(repo, p)
+
+    def matching(self, repo: str, tag: str | None) -> set[str]:
+        """The patterns (include and exclude) that match this image: a pattern that matches nothing in the
+        whole source is a mistake (a typo, the wrong registry) that would otherwise export nothing or all."""
+        return {p for p in (*self.include, *self.exclude) if self._hit(p, repo, tag)}
+
+    def unmatched(self, matched: set[str]) -> None:
+        """Refuse the patterns no image of the source matched (``matched``: every pattern that did)."""
+        missing = [
+            (o, p)
+            for o, ps in (("--include", self.include), ("--exclude", self.exclude))
+            for p in ps
+            if p not in matched
+        ]
+        if missing:
+            raise UsageError(
+                "; ".join(f"{o} {p!r} matches no image in the source" for o, p in missing),
+                hint="Patterns are globs on 'repository' or 'repository:tag' ('*' crosses '/'), e.g. "
+                "'team/*' or 'library/alpine:3.*'.",
+            )
+
     def wants(self, repo: str, tag: str | None) -> bool:
         def hit(p: str) -> bool:
-            if ":" in p:
-                return tag is not None and fnmatch.fnmatchcase(f"{repo}:{tag}", p)
-            return fnmatch.fnmatchcase(repo, p)
+            return self._hit(p, repo, tag)
 
         if self.include and not any(hit(p) for p in self.include):
             return False
@@ -138,6 +162,8 @@ class ScanResult:
     data: Mapping[str, bytes] = field(default_factory=dict)
     #: the tree, when its files are not local (S3): content is fetched or streamed from it
     remote: RemoteFS | None = None
+    #: manifests no tag reaches, left out because --untagged was not given (repositories taken whole)
+    untagged_left: int = 0
 
 
 @dataclass
@@ -162,6 +188,10 @@ class _Tree:
         #: what earlier bundles described (ScanOptions.described)
         self.described: Catalog | None = None
         self.selection = Selection()
+        #: include/exclude patterns some image of the source matched
+        self.matched: set[str] = set()
+        #: manifests of fully selected repositories that no tag reaches, left out without --untagged
+        self.untagged_left = 0
 
     def p(self, spec: PathSpec) -> str:
         return self.layout.path(spec)
@@ -226,6 +256,17 @@ class _Tree:
                 )
                 bad.append(Skipped(repo, tag, None, reason))
         return tags, bad
+
+    def revision_names(self, repo: str) -> set[str]:
+        """The digests the revision folders are named by, without reading their links (a count for a note)."""
+        base = self.p(ManifestRevisionsDir(repo))
+        return {
+            f"{alg}:{hexd}"
+            for alg, is_dir in self.fs.list_dir(base)
+            if is_dir
+            for hexd, is_dir2 in self.fs.list_dir(f"{base}/{alg}")
+            if is_dir2
+        }
 
     def revisions(self, repo: str) -> set[str]:
         out: set[str] = set()
@@ -483,6 +524,9 @@ def _walk_repository(
     tree: _Tree, repo: str, sel: Selection, hasher: _Hasher
 ) -> tuple[list[_Root], list[Skipped]]:
     tags, bad_tags = tree.tags(repo)
+    if sel.include or sel.exclude:
+        for t in (None, *tags):
+            tree.matched |= sel.matching(repo, t)
     repo_roots = [_Root(repo, t, d) for t, d in tags.items() if sel.wants(repo, t)]
     skipped = [s for s in bad_tags if sel.wants(repo, s.tag)]
     if sel.untagged and sel.wants(repo, None):
@@ -505,6 +549,12 @@ def _walk_repository(
 
     for r in repo_roots:
         _follow(tree, r, linked, hasher)
+    if not sel.untagged and len(repo_roots) == len(tags):
+        # said once at the end: what --untagged would add (one listing of the revisions per repository;
+        # the children of an untagged index count as untagged too, as a registry's garbage collection
+        # counts them)
+        reached = {d for r in repo_roots for d in r.closure}
+        tree.untagged_left += len(tree.revision_names(repo) - reached)
     return repo_roots, skipped
 
 
@@ -545,6 +595,7 @@ def scan(fs: TreeFS, options: ScanOptions, on_progress: ProgressCallback = no_pr
     )
     try:
         _walk(tree, sel, roots, skipped, hasher, on_progress)
+        sel.unmatched(tree.matched)
     except BaseException:
         hasher.abort()
         raise
@@ -646,7 +697,7 @@ def _build(
         untagged = tuple(r.digest for r in rs if r.tag is None)
         repos.append(Repository(name, tags, tuple(held), untagged))
     catalog = Catalog(tuple(repos), manifests, blobs, tuple(skipped))
-    return ScanResult(catalog, extents, xxh3, broken, pending, data)
+    return ScanResult(catalog, extents, xxh3, broken, pending, data, untagged_left=tree.untagged_left)
 
 
 class TreeSource:

@@ -14,7 +14,7 @@ import pytest
 from ferry.bundler.export import ExportOptions, run
 from ferry.shared.bundle.reader import Bundle
 from ferry.shared.bundle.tario import find_volumes
-from ferry.shared.errors import BrokenImages, NotAStorageTree
+from ferry.shared.errors import BrokenImages, NotAStorageTree, OutputError, UsageError
 from ferry.shared.manifest import MediaType
 from ferry.shared.progress import Progress
 from ferry.shared.storage import reader
@@ -269,8 +269,16 @@ def test_volumes_cat_to_the_single_file_bundle(zoo: Zoo, full: Path, tmp_path: P
     joined = tmp_path / "joined.tar"
     joined.write_bytes(b"".join(v.read_bytes() for v in vols))
     assert tags_of(validate_bundle(joined)) == zoo.served
-    # a second, shorter export into the same name leaves no stale volume behind
-    run(ExportOptions(root=zoo.root, output=out, selection=Selection(include=("weird",)), volume_size=20_000))
+    # a second export into the same name is refused without force; with it, a shorter one leaves no
+    # stale volume behind
+    with pytest.raises(OutputError, match=r"vol\.tar\.000 exists: refusing to overwrite"):
+        run(ExportOptions(root=zoo.root, output=out, volume_size=20_000))
+    assert tags_of(validate_bundle(out)) == zoo.served
+    run(
+        ExportOptions(
+            root=zoo.root, output=out, selection=Selection(include=("weird",)), volume_size=20_000, force=True
+        )
+    )
     assert tags_of(validate_bundle(out)) == {"weird": zoo.served["weird"]}
 
 
@@ -354,7 +362,12 @@ def test_json_summary_from_the_cli(zoo: Zoo, tmp_path: Path) -> None:
     )
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert doc["repositories"] == 1 and doc["tags"] == 1 and doc["manifests"] == 3
+    assert (
+        doc["ok"] is True
+        and doc["repositoryCount"] == 1
+        and doc["tagCount"] == 1
+        and doc["manifestCount"] == 3
+    )
     assert doc["files"] == [str(tmp_path / "j.tar")]
 
 
@@ -369,3 +382,48 @@ def test_every_bundle_gets_its_own_id(zoo: Zoo, tmp_path: Path) -> None:
         assert d["formatVersion"] == "1.2"
         ids.append(d["bundleId"])
     assert all(isinstance(i, str) and len(i) == 32 and int(i, 16) >= 0 for i in ids) and ids[0] != ids[1]
+
+
+def test_a_pattern_that_matches_nothing_is_named_before_anything_is_written(zoo: Zoo, tmp_path: Path) -> None:
+    out = tmp_path / "b.tar"
+    with pytest.raises(UsageError) as e:
+        run(
+            ExportOptions(
+                root=zoo.root,
+                output=out,
+                selection=Selection(include=("weird", "tema/*"), exclude=("nope:*",)),
+            )
+        )
+    assert "--include 'tema/*' matches no image" in e.value.message
+    assert "--exclude 'nope:*' matches no image" in e.value.message
+    assert "weird" not in e.value.message
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_images_from_a_list_file_and_the_untagged_note(zoo: Zoo, tmp_path: Path) -> None:
+    repo, tags = next((r, t) for r, t in sorted(zoo.served.items()) if len(t) > 1)
+    tag = sorted(tags)[0]
+    listing = tmp_path / "images.list"
+    listing.write_text(f"# the seed's images.list\n{repo}:{tag}\n\nweird   # a whole repository\n")
+    out = tmp_path / "b.tar"
+    done = subprocess.run(
+        ["ferry", "export", str(zoo.root), "-o", str(out), "--images-from", str(listing), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert tags_of(validate_bundle(out)) == {repo: {tag: tags[tag]}, "weird": zoo.served["weird"]}
+    listing.write_text(f"{repo}:no-such-tag\n")
+    done = subprocess.run(
+        ["ferry", "export", str(zoo.root), "-o", str(tmp_path / "c.tar"), "--images-from", str(listing)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and f"'{repo}:no-such-tag' matches no image" in done.stderr
+    # without --untagged, the manifests no tag reaches are counted in a note, with the way to include them
+    r = run(ExportOptions(root=zoo.root, output=tmp_path / "all.tar"))
+    with_untagged = validate_bundle(export(zoo.root, tmp_path / "u.tar", selection=Selection(untagged=True)))
+    loose = sum(len(x.untagged) for x in with_untagged.repositories)
+    assert loose > 0
+    (note,) = [n for n in r.notes if "untagged" in n]
+    assert int(note.split()[0]) >= loose and "--untagged" in note

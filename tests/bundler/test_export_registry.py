@@ -96,7 +96,7 @@ def test_from_the_command_line_with_selection(zoo: Zoo, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     catalog = validate_bundle(out)
-    assert {x.name for x in catalog.repositories} == {"team/app"} and doc["tags"] == len(
+    assert {x.name for x in catalog.repositories} == {"team/app"} and doc["tagCount"] == len(
         catalog.repositories[0].tags
     )
     r = runner.invoke(app, ["export", zoo.registry.url, "-o", str(tmp_path / "u.tar"), "--untagged"])

@@ -39,13 +39,17 @@ def _diff(*args: str) -> tuple[int, dict[str, object]]:
 def test_diff_with_a_registry(zoo: Zoo, bundle: Path, tmp_path: Path) -> None:
     with Registry(tmp_path / "target") as reg:
         code, doc = _diff(str(bundle), "--registry", reg.url)
-        assert code == 1 and doc["tags"]["ok"] == 0 and doc["tags"]["missing"] > 0  # empty target
+        assert (
+            code == 1 and doc["tagStatus"]["okCount"] == 0 and doc["tagStatus"]["missingCount"] > 0
+        )  # empty target
         assert not push(PushOptions(bundle=str(bundle), registry=reg.url)).failed
         code, doc = _diff(str(bundle), "--registry", reg.url)
         assert code == 0 and doc["ok"] and doc["problems"] == [] and doc["blobs"] == [], doc
         catalog = Bundle.open(bundle).catalog
-        assert doc["tags"]["ok"] == sum(len(r.tags) for r in catalog.repositories) - len(doc["skipped"])  # type: ignore[index, arg-type]
-        assert doc["children"]["ok"] > 0 and doc["untagged"]["ok"] == 1  # type: ignore[index]
+        assert doc["tagStatus"]["okCount"] == sum(len(r.tags) for r in catalog.repositories) - len(
+            doc["skipped"]
+        )  # type: ignore[index, arg-type]
+        assert doc["childStatus"]["okCount"] > 0 and doc["untaggedStatus"]["okCount"] == 1  # type: ignore[index]
         # the target changes: a tag moved, one deleted with its manifest
         app_tags = next(r for r in catalog.repositories if r.name == "team/app").tags
         moved = reg.root / "docker/registry/v2/repositories/team/app/_manifests/tags/v1/current/link"

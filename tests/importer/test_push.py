@@ -335,7 +335,7 @@ def test_push_from_stdin(zoo: Zoo, bundle: Path, basic_registry: Registry) -> No
         )
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert doc["failed"] == 0 and doc["skipped"] == 1
+    assert doc["failedCount"] == 0 and doc["skippedCount"] == 1
     assert served_with_auth(basic_registry) == expected(zoo)
 
 
@@ -398,3 +398,26 @@ def test_convert_schema1_pushes_schema2_with_a_new_digest(
     assert c_ours == c_theirs
     # byte for byte: the same digest as skopeo's conversion
     assert "sha256:" + hashlib.sha256((theirs / "manifest.json").read_bytes()).hexdigest() == s1.pushed_digest
+
+
+def test_progress_moves_within_a_blob_that_goes_up_in_chunks(bundle: Path, basic_registry: Registry) -> None:
+    events: list[Progress] = []
+    r = push(
+        PushOptions(
+            bundle=str(bundle),
+            registry=basic_registry.url,
+            credentials=Credentials(USER, PASSWORD),
+            chunk_size=1 << 10,
+        ),
+        on_progress=events.append,
+    )
+    assert not r.failed
+    with Bundle.open(bundle) as b:
+        biggest = max(x.size for x in b.catalog.blobs.values())
+    assert biggest > 3 << 10  # goes up in 4 PATCHes or more
+    # each PATCH of 1 KiB shows: steps far smaller than any whole blob, and never past the total
+    steps = [y.done - x.done for x, y in zip(events, events[1:]) if y.done > x.done]
+    sizes = {x.size for x in b.catalog.blobs.values()} | {m.size for m in b.catalog.manifests.values()}
+    assert 1 << 10 not in sizes  # so a step of exactly 1 KiB is one PATCH, not a whole blob
+    assert steps.count(1 << 10) >= biggest // (1 << 10) - 1
+    assert all(e.done <= e.total for e in events) and events[-1].done == events[-1].total

@@ -227,7 +227,7 @@ def test_inspect_json(zoo: Zoo, bundle: Path) -> None:
     assert images[("multi", "latest")]["mediaType"] == "application/vnd.oci.image.index.v1+json"
     assert images[("multi", "latest")]["platforms"] == ["linux/amd64", "linux/arm64"]
     assert all(set(i) >= {"repository", "tag", "digest", "mediaType", "size"} for i in doc["images"])
-    assert doc["blobs"] > 0 and doc["bytes"] > 0 and doc["source"]["kind"] == "directory"
+    assert doc["blobCount"] > 0 and doc["bytes"] > 0 and doc["source"]["kind"] == "directory"
 
 
 def test_verify_cli_exit_codes_and_json(bundle: Path, tmp_path: Path) -> None:
