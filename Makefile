@@ -11,7 +11,7 @@ SYSTEM_TOOLS := docker-registry:docker-registry skopeo:skopeo redis-server:redis
 # installed without their recommendations, as ../shared/s3/README.md says (64 MB instead of hundreds)
 S3_TOOLS := ceph-mon:ceph-mon ceph-osd:ceph-osd radosgw:radosgw ceph:ceph-common
 
-.PHONY: demo test lint bench venv system-deps clean kit man
+.PHONY: demo test lint bench bench-scale venv system-deps clean kit man
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -58,6 +58,10 @@ test: venv system-deps lint
 
 bench: venv system-deps
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m bench.run
+
+# 20k and 100k tags: memory, time growth, per-item speed (bench/scale.py; trees kept in bench/out)
+bench-scale: venv system-deps
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m bench.scale
 
 # the offline install kit for air-gapped hosts (README: "Install on an air-gapped host"); needs PyPI or a mirror
 kit: venv

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from ferry.shared.digest import Digest
@@ -37,6 +38,7 @@ class TreeWriter:
         self.layout = StorageLayout.for_root(str(root))
         self.written: set[str] = set()
         self.bytes = 0
+        self.last_size = 0
 
     def _file(self, path: object, data: bytes) -> None:
         p = Path(str(path))
@@ -68,11 +70,18 @@ class TreeWriter:
             },
             indent=3,
         ).encode()
-        md = Digest.parse(self.blob(manifest))
-        self._file(self.layout.path(ManifestRevisionLink(repo, md)), str(md).encode())
-        self._file(self.layout.path(TagCurrentLink(repo, tag)), str(md).encode())
-        self._file(self.layout.path(TagIndexEntryLink(repo, tag, md)), str(md).encode())
-        return str(md)
+        md = self.blob(manifest)
+        self.last_size = len(manifest)
+        self.tag(repo, tag, md)
+        return md
+
+    def tag(self, repo: str, tag: str, digest: str) -> None:
+        """Links ``digest`` as a revision of ``repo`` and points ``tag`` at it (the last call for a tag wins,
+        as a push of an index after its children does)."""
+        md = Digest.parse(digest)
+        self._file(self.layout.path(ManifestRevisionLink(repo, md)), digest.encode())
+        self._file(self.layout.path(TagCurrentLink(repo, tag)), digest.encode())
+        self._file(self.layout.path(TagIndexEntryLink(repo, tag, md)), digest.encode())
 
 
 def _config(rnd: random.Random, label: str) -> bytes:
@@ -113,11 +122,71 @@ def bulk_tree(
     return {"tags": repos, "repositories": repos, "blobs": len(w.written), "bytes": w.bytes}
 
 
+INDEX = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+
+def scale_tree(root: Path, tags: int, seed: int = 4) -> dict[str, int]:
+    """``scale-20000`` and ``scale-100000``: many tags with small blobs, where the cost per item dominates.
+    Repositories of 20 tags; every image has one of 8 shared bases (64 KiB) and one of 40 shared middle
+    layers (16 KiB), a unique layer of 1-4 KiB and a unique config; every 10th tag is a two-platform index
+    (amd64, arm64) whose children are such images too."""
+    rnd = random.Random(seed)
+    w = TreeWriter(root)
+    bases = [rnd.randbytes(64 << 10) for _ in range(8)]
+    middles = [rnd.randbytes(16 << 10) for _ in range(40)]
+    indexes = 0
+    for n in range(tags):
+        r, t = divmod(n, 20)
+        repo = f"team{r % 100}/service-{r}"
+        tag = f"1.{t}.0"
+
+        def one(label: str, r: int = r, repo: str = repo, tag: str = tag) -> tuple[str, int]:
+            layers = [bases[r % 8], middles[rnd.randrange(40)], rnd.randbytes(rnd.randint(1, 4) << 10)]
+            d = w.image(repo, tag, layers, _config(rnd, label))
+            return d, w.last_size
+
+        if t % 10 == 9:
+            children = [one(f"{n}-{arch}") for arch in ("amd64", "arm64")]
+            index = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": INDEX,
+                    "manifests": [
+                        {
+                            "mediaType": MANIFEST,
+                            "size": size,
+                            "digest": d,
+                            "platform": {"architecture": arch, "os": "linux"},
+                        }
+                        for (d, size), arch in zip(children, ("amd64", "arm64"))
+                    ],
+                },
+                indent=3,
+            ).encode()
+            w.tag(repo, tag, w.blob(index))
+            indexes += 1
+        else:
+            one(str(n))
+    return {
+        "tags": tags,
+        "repositories": tags // 20,
+        "indexes": indexes,
+        "blobs": len(w.written),
+        "bytes": w.bytes,
+    }
+
+
 def push_200_tree(root: Path) -> dict[str, int]:
     return tags_tree(root, repos=10, tags=20, seed=3)
 
 
-TREES = {"tags-5000": tags_tree, "bulk": bulk_tree, "push-200": push_200_tree}
+TREES: dict[str, Callable[[Path], dict[str, int]]] = {
+    "tags-5000": tags_tree,
+    "bulk": bulk_tree,
+    "push-200": push_200_tree,
+    "scale-20000": lambda root: scale_tree(root, 20_000),
+    "scale-100000": lambda root: scale_tree(root, 100_000),
+}
 
 if __name__ == "__main__":
     import sys

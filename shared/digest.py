@@ -43,9 +43,10 @@ class Digest:
         return f"{self.algorithm}:{self.hex}"
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _parse(text: str) -> Digest | None:
-    # the same digest is parsed once per path it names (blob, links, index entries): remember the answer
+    # the same digest is parsed once per path it names (blob, links, index entries), one image after
+    # another: a few thousand recent answers catch the repeats (65536 held 20 MiB at any scale)
     if _VALID_RE.fullmatch(text) is None:
         return None
     algorithm, _, hexd = text.partition(":")

@@ -188,7 +188,8 @@ class HashProcess:
         while self._arrived:
             for key, size, digest, xxh3, err, why, data in self._arrived.popleft():
                 result = OSError(err, why) if why is not None else RangeHashes(size, digest, xxh3, data)
-                self._on_result(self._jobs[key], result)
+                # a job is let go once answered: a walk of 100k tags sends some 300k of them
+                self._on_result(self._jobs.pop(key), result)
 
     def finish(self) -> None:
         """Return once every result was handed to ``on_result``; raises if the child failed."""

@@ -9,6 +9,7 @@ unsigned payload).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -111,7 +112,9 @@ def _descriptor(d: Any, what: str) -> BlobRef:
     media_type = d.get("mediaType", "")
     if not isinstance(media_type, str):
         raise ManifestError(f"{what} has an invalid mediaType")
-    return BlobRef(_digest(d.get("digest"), what), size, media_type, tuple(urls))
+    # one string object per distinct digest and media type, however many manifests name them (a shared
+    # base layer is named by thousands): the catalog of 100k tags holds each once
+    return BlobRef(sys.intern(_digest(d.get("digest"), what)), size, sys.intern(media_type), tuple(urls))
 
 
 def detect_media_type(doc: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from ferry.bundler.export import ExportOptions
 from ferry.bundler.export import run as export
 from ferry.cli import app
 from ferry.shared.bundle.format import INDEX_MEMBER, OCI_LAYOUT_MEMBER, TRAILER_MEMBER
-from tests.support.hostile import Entry, Parts, load, nil_bomb, write, zero_frame
+from tests.support.hostile import Entry, Parts, _frame, load, nil_bomb, write, zero_frame
 from tests.support.zoo import Zoo
 
 runner = CliRunner()
@@ -232,6 +232,28 @@ def nil_array_bomb(p: Parts, out: Path, uid: str) -> Path:
 
 def zero_frame_bomb(p: Parts, out: Path, uid: str) -> Path:
     return write(p, out, index_raw=zero_frame(900_000_000))
+
+
+def order_nil_bomb(p: Parts, out: Path, uid: str) -> Path:
+    """An index map whose ``order`` announces 300M entries, each a nil, in a few KB."""
+    return write(
+        p,
+        out,
+        index_raw=_frame(
+            b"\x81\xa5order\xdd" + (300_000_000).to_bytes(4, "big"), b"\xc0", 300_000_000, declare=False
+        ),
+    )
+
+
+def long_string_bomb(p: Parts, out: Path, uid: str) -> Path:
+    """An index map with one 900 MB bin value of zeros: refused at the cap, never held."""
+    return write(
+        p,
+        out,
+        index_raw=_frame(
+            b"\x81\xa1x\xc6" + (900_000_000).to_bytes(4, "big"), b"\0", 900_000_000, declare=False
+        ),
+    )
 
 
 def _index_edit(edit: Callable[[dict[str, object]], None]) -> Case:
@@ -488,7 +510,14 @@ def test_index_bombs_are_refused_in_bounded_memory(good: Path, tmp_path: Path) -
     import subprocess
     import sys
 
-    for case in (nil_array_bomb, zero_frame_bomb):
+    # read as a stream, each is refused where it stops being an index, before it is decompressed whole
+    expected = {
+        nil_array_bomb: "not a ferry bundle index",
+        zero_frame_bomb: "not a ferry bundle index",
+        order_nil_bomb: "an order entry is not a string",
+        long_string_bomb: "decompresses to more than",
+    }
+    for case, message in expected.items():
         bundle = case(load(good), tmp_path / f"{case.__name__}.tar", "x")
         assert bundle.stat().st_size < 2 << 20
         code = (
@@ -506,7 +535,7 @@ def test_index_bombs_are_refused_in_bounded_memory(good: Path, tmp_path: Path) -
         )
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert p.returncode == 3, p.stderr
-        assert "decompresses to more than" in p.stdout, p.stdout
+        assert message in p.stdout, (case.__name__, p.stdout)
 
 
 def test_a_tag_pointing_outside_its_repository_is_named(good: Path, tmp_path: Path) -> None:

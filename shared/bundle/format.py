@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from sys import intern
 from typing import Any
 
 import msgpack
@@ -217,18 +219,84 @@ def index_raw_cap(index_size: int, bundle_size: int | None = None) -> int:
     return min(INDEX_MAX, INDEX_RAW_BASE + max(64 * index_size, bundle_size or 0))
 
 
-def _decompress(data: bytes, cap: int) -> bytes:
-    # streaming, never sized by the frame header: a frame may claim (and hold) 900 MB of zeros
+class _Capped:
+    """The decompressed index as a stream that gives at most ``cap`` bytes: a frame may claim (and hold)
+    900 MB of zeros, so nothing is sized by its header and nothing past the cap is read."""
+
+    def __init__(self, reader: Any, cap: int) -> None:
+        self.reader, self.cap, self.n = reader, cap, 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self.cap + 1 - self.n
+        data = self.reader.read(left if size < 0 else min(size, left)) if left > 0 else b""
+        self.n += len(data)
+        if self.n > self.cap:
+            raise BundleFormatError(
+                f"the bundle index decompresses to more than {self.cap} bytes, far more than this bundle "
+                "could describe"
+            )
+        return bytes(data)
+
+
+def _read_index(u: msgpack.Unpacker) -> dict[str, Any]:
+    """The index map, read entry by entry: ``manifests`` and ``blobs`` become Manifest and Blob objects as
+    each entry arrives and ``order`` a list, so the whole document never exists as msgpack's dicts at once
+    (at 100k tags they were several times the catalog).  Every digest and media type is interned: the
+    index names a digest in several places (its entry, each manifest that uses it, each repository, the
+    order), and the catalog holds each string once."""
+    doc: dict[str, Any] = {"_manifests_base": {}, "_blobs_base": {}}
+    for _ in range(_header(u.read_map_header, "the index", "map")):
+        key = u.unpack()
+        if key == "manifests":
+            manifests, base = {}, {}
+            for _ in range(_header(u.read_map_header, "manifests", "map")):
+                d = intern(_str(u.unpack(), "a manifest digest"))
+                m = u.unpack()
+                manifests[d] = _manifest_from(d, m)
+                if m.get("base") is not None:
+                    base[d] = m["base"]
+            doc["manifests"], doc["_manifests_base"] = manifests, base
+        elif key == "blobs":
+            blobs, base = {}, {}
+            for _ in range(_header(u.read_map_header, "blobs", "map")):
+                d = intern(_str(u.unpack(), "a blob digest"))
+                b = u.unpack()
+                blobs[d] = _blob_from(d, b)
+                if b.get("base") is not None:
+                    base[d] = b["base"]
+            doc["blobs"], doc["_blobs_base"] = blobs, base
+        elif key == "order":
+            order = []
+            for _ in range(_header(u.read_array_header, "order", "list")):
+                order.append(intern(_str(u.unpack(), "an order entry")))
+            doc["order"] = order
+        else:
+            doc[_str(key, "an index key")] = u.unpack()
+    return doc
+
+
+def _header(read: Callable[[], int], what: str, kind: str) -> int:
     try:
-        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as r:
-            raw = r.read(cap + 1)
-    except zstandard.ZstdError as e:
-        raise BundleFormatError(f"the bundle index is unreadable ({e})") from None
-    if len(raw) > cap:
-        raise BundleFormatError(
-            f"the bundle index decompresses to more than {cap} bytes, far more than this bundle could describe"
-        )
-    return bytes(raw)
+        return int(read())
+    except msgpack.UnpackValueError:
+        if what == "the index":
+            raise BundleFormatError("the first member is not a ferry bundle index") from None
+        raise _malformed(f"{what} is not a {kind}") from None
+
+
+def _blob_from(d: str, b: Any) -> Blob:
+    # the common case checked in one expression; the field-by-field path names what is wrong
+    if (
+        type(b) is dict
+        and type(size := b.get("size")) is int
+        and size >= 0
+        and type(mt := b.get("mediaType", "")) is str
+    ):
+        return Blob(d, size, intern(mt))
+    b = _map(b, f"blob {d}")
+    return Blob(
+        d, _size(b.get("size"), f"the size of {d}"), _str(b.get("mediaType", ""), f"the mediaType of {d}")
+    )
 
 
 def _malformed(what: str) -> BundleFormatError:
@@ -275,37 +343,30 @@ def decode_index(data: bytes, *, bundle_size: int | None = None) -> tuple[Catalo
 
     Every value is checked for its type as it is read (the index crossed an air gap and may be hostile),
     memory is bounded by :func:`index_raw_cap`, then :func:`validate_catalog` checks what it says."""
-    raw = _decompress(data, index_raw_cap(len(data), bundle_size))
+    cap = index_raw_cap(len(data), bundle_size)
     try:
-        # no container can hold more entries than the index has bytes; both limits only make it explicit
-        n = len(raw)
-        doc = msgpack.unpackb(
-            raw, raw=False, strict_map_key=True, max_array_len=n, max_map_len=n, max_str_len=n, max_bin_len=n
-        )
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as stream:
+            # no container can hold more entries than the index has bytes: the limits only make it explicit
+            u = msgpack.Unpacker(
+                _Capped(stream, cap),
+                raw=False,
+                strict_map_key=True,
+                max_buffer_size=cap,
+                max_array_len=cap,
+                max_map_len=cap,
+                max_str_len=cap,
+                max_bin_len=cap,
+            )
+            doc = _read_index(u)
+    except zstandard.ZstdError as e:
+        raise BundleFormatError(f"the bundle index is unreadable ({e})") from None
     except (ValueError, msgpack.UnpackException, RecursionError) as e:
         raise BundleFormatError(f"the bundle index is unreadable ({type(e).__name__}: {e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if doc.get("format") != FORMAT:
         raise BundleFormatError("the first member is not a ferry bundle index")
     check_version(doc.get("version"))
     try:
-        manifests = {d: _manifest_from(d, m) for d, m in _map(doc["manifests"], "manifests").items()}
-        blobs = {}
-        for d, b in _map(doc["blobs"], "blobs").items():
-            # the common case checked in one expression; the field-by-field path names what is wrong
-            if (
-                type(b) is dict
-                and type(size := b.get("size")) is int
-                and size >= 0
-                and type(mt := b.get("mediaType", "")) is str
-            ):
-                blobs[d] = Blob(d, size, mt)
-                continue
-            b = _map(b, f"blob {d}")
-            blobs[d] = Blob(
-                d,
-                _size(b.get("size"), f"the size of {d}"),
-                _str(b.get("mediaType", ""), f"the mediaType of {d}"),
-            )
+        manifests, blobs = doc["manifests"], doc["blobs"]
         repos = []
         for r in _list(doc["repositories"], "repositories"):
             r = _map(r, "a repository")
@@ -316,9 +377,9 @@ def decode_index(data: bytes, *, bundle_size: int | None = None) -> tuple[Catalo
             repos.append(
                 Repository(
                     name,
-                    tags,
-                    _strs(r.get("manifests"), f"the manifests of {name}"),
-                    _strs(r.get("untagged", []), f"the untagged manifests of {name}"),
+                    {t: intern(d) for t, d in tags.items()},
+                    tuple(map(intern, _strs(r.get("manifests"), f"the manifests of {name}"))),
+                    tuple(map(intern, _strs(r.get("untagged", []), f"the untagged manifests of {name}"))),
                 )
             )
         skipped = tuple(
@@ -344,7 +405,7 @@ def decode_index(data: bytes, *, bundle_size: int | None = None) -> tuple[Catalo
             _opt_str(doc.get("bundle_id"), "bundle_id"),
             _kit(doc.get("kit", [])),
         )
-        order = list(_strs(doc["order"], "order"))
+        order = doc["order"]
         bases = _bases(doc.get("bases", []))
         # only a delta's members are less than what it describes; a 1.x reader never honoured ``base``
         carried = _carried(doc, bases) if info.version[0] >= 2 else {}
@@ -398,10 +459,7 @@ def _carried(doc: dict[str, Any], bases: tuple[Base, ...]) -> dict[str, str]:
     ``bases``)."""
     out: dict[str, str] = {}
     for key in ("blobs", "manifests"):
-        for d, entry in doc[key].items():
-            at = entry.get("base")
-            if at is None:
-                continue
+        for d, at in doc[f"_{key}_base"].items():
             if type(at) is not int or not 0 <= at < len(bases):
                 raise _malformed(f"{d} names base {at!r}, which the index does not list")
             out[d] = bases[at].bundle_id
@@ -593,7 +651,7 @@ def _manifest_from(digest: str, m: dict[str, Any]) -> Manifest:
         and (subject is None or type(subject) is str)
         and (artifact is None or type(artifact) is str)
     ):
-        return Manifest(digest, mt, size, tuple(blobs), (), (), subject, artifact)
+        return Manifest(digest, intern(mt), size, tuple(map(intern, blobs)), (), (), subject, artifact)
     return _manifest_checked(digest, m)
 
 

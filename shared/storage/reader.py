@@ -436,7 +436,8 @@ class _Hasher:
         #: hash blob files here (by path); False for a tree whose files are not local (S3): whoever
         #: writes their bytes hashes them
         self._blobs = blobs
-        self._jobs: dict[str, HashJob] = {}
+        #: every digest this hasher checks (the jobs themselves are let go once sent to the child)
+        self._jobs: set[str] = set()
         self._later: list[HashJob] = []  # not sent to the child: for the threads
         self._pool: HashPool | None = None
         self._on_progress = on_progress
@@ -462,7 +463,7 @@ class _Hasher:
         self._kept += ext.size if keep else 0
         piece = ((ext.path, ext.offset, ext.size),)
         job = HashJob(digest, piece, ext.size, digest.split(":", 1)[0], keep=keep)
-        self._jobs[digest] = job
+        self._jobs.add(digest)
         if self._process is not None and ext.size < DEFER_MIN:
             self._process.add(job)
         else:
