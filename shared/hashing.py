@@ -19,7 +19,7 @@ from typing import Any, Optional, Union, cast
 
 import xxhash
 
-from .digest import CHUNK
+from .digest import CHUNK, SLOTS
 from .errors import FerryError
 from .worker import Channel, Worker, WorkerError
 
@@ -41,7 +41,7 @@ Piece = tuple[Union[str, memoryview], int, int]
 MAP_STEP = 4 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class HashJob:
     key: str
     pieces: Sequence[Piece]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .digest import Digest
+from .digest import SLOTS, Digest
 
 
 class MediaType(str, Enum):
@@ -52,7 +52,7 @@ class ManifestError(ValueError):
     """The bytes are not a manifest ferry can follow."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class BlobRef:
     """A config or layer a manifest needs."""
 
@@ -66,7 +66,7 @@ class BlobRef:
         return self.media_type in FOREIGN_LAYER_TYPES or bool(self.urls)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class ChildRef:
     """A manifest an index lists, with the platform the index gives it."""
 
@@ -76,7 +76,7 @@ class ChildRef:
     platform: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class ManifestInfo:
     media_type: str
     blobs: tuple[BlobRef, ...]

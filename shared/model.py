@@ -11,17 +11,18 @@ import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from .digest import SLOTS
 from .manifest import BlobRef, ChildRef
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Blob:
     digest: str
     size: int
     media_type: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Manifest:
     digest: str
     media_type: str

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from sys import intern
-from typing import Any
+from typing import IO, Any, cast
 
 import msgpack
 import zstandard
@@ -136,17 +136,28 @@ def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = N
         "options": info.options,
         "volume_size": info.volume_size,
         **({"bundle_id": info.bundle_id} if info.bundle_id is not None else {}),
-        "repositories": [
-            {
-                "name": r.name,
-                "tags": dict(r.tags),
-                "manifests": list(r.manifests),
-                "untagged": list(r.untagged),
-            }
-            for r in catalog.repositories
-        ],
-        "manifests": {d: manifest_doc(d, m) for d, m in catalog.manifests.items()},
-        "blobs": {d: blob_doc(d, b.size, b.media_type) for d, b in catalog.blobs.items()},
+        "repositories": _Streamed(
+            len(catalog.repositories),
+            lambda: (
+                {
+                    "name": r.name,
+                    "tags": dict(r.tags),
+                    "manifests": list(r.manifests),
+                    "untagged": list(r.untagged),
+                }
+                for r in catalog.repositories
+            ),
+        ),
+        "manifests": _Streamed(
+            len(catalog.manifests),
+            lambda: ((d, manifest_doc(d, m)) for d, m in catalog.manifests.items()),
+            pairs=True,
+        ),
+        "blobs": _Streamed(
+            len(catalog.blobs),
+            lambda: ((d, blob_doc(d, b.size, b.media_type)) for d, b in catalog.blobs.items()),
+            pairs=True,
+        ),
         "order": order if order is not None else catalog.member_order(),
         "skipped": [
             {
@@ -182,10 +193,74 @@ def encode_index(catalog: Catalog, info: BundleInfo, order: list[str] | None = N
             else {}
         ),
     }
-    packed = msgpack.packb(doc, use_bin_type=True)
-    return bytes(
-        zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(packed)
-    )
+    # packed piece by piece, twice: once to learn the size the frame header declares, once into the
+    # compressor.  The bytes are those of msgpack.packb(doc), but neither the document as dicts nor the
+    # packed bytes exist whole (at 100k tags those were 160 MiB over the compressed index)
+    size = sum(len(chunk) for chunk in _packed(doc))
+    out = _Chunks()
+    cctx = zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True)
+    with cctx.stream_writer(cast(IO[bytes], out), size=size, closefd=False) as w:
+        for chunk in _packed(doc):
+            w.write(chunk)
+    return out.join()
+
+
+class _Chunks:
+    """A write target that keeps the pieces and joins them once (a BytesIO's getvalue is a second copy)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    def join(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+def _packed(doc: dict[str, Any]) -> Iterator[bytes]:
+    """``doc`` as msgpack, in pieces of about 1 MiB; :class:`_Streamed` values are packed entry by entry."""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+
+    def full() -> bool:
+        return len(packer.getbuffer()) >= 1 << 20
+
+    packer.pack_map_header(len(doc))
+    for key, value in doc.items():
+        packer.pack(key)
+        if isinstance(value, _Streamed):
+            if value.pairs:
+                packer.pack_map_header(value.n)
+            else:
+                packer.pack_array_header(value.n)
+            for item in value.items():
+                if value.pairs:
+                    packer.pack(item[0])
+                    packer.pack(item[1])
+                else:
+                    packer.pack(item)
+                if full():
+                    yield packer.bytes()
+                    packer.reset()
+        else:
+            packer.pack(value)
+    yield packer.bytes()
+
+
+@dataclass(frozen=True)
+class _Streamed:
+    """A list (or, with ``pairs``, a map) of ``n`` entries the encoder packs one at a time."""
+
+    n: int
+    #: makes the entries (again: the encoder packs them twice)
+    items: Callable[[], Iterator[Any]]
+    pairs: bool = False
 
 
 def _manifest_doc(m: Manifest) -> dict[str, Any]:
@@ -711,7 +786,8 @@ def encode_trailer(index_xxh3: str, members: list[tuple[str, int, str]], headers
         "version": list(VERSION),
         "index_xxh3": index_xxh3,
         "headers_xxh3": headers_xxh3,
-        "members": [list(m) for m in members],
+        # a tuple packs as the list it is read back as: no second list of 300k lists at 100k tags
+        "members": members,
     }
     return bytes(msgpack.packb(doc, use_bin_type=True))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import xxhash
 
@@ -102,7 +103,12 @@ class BundleSink:
         if kept is not None:
             return kept
         x = xxh3_of(data)
-        self._emit(self._tail + self._header(name, len(data)) + data)
+        if len(data) < 1 << 20:
+            self._emit(self._tail + self._header(name, len(data)) + data)
+        else:  # a large index, index.json or trailer (tens of MB at 100k tags) goes out as it is, uncopied
+            self._emit(self._tail + self._header(name, len(data)))
+            self._flush()
+            self.out.write(data)
         self._tail = padding(len(data))
         if name != TRAILER_MEMBER:
             self._members.append((name, len(data), x))
@@ -203,7 +209,11 @@ class BundleSink:
     def commit(self) -> SinkResult:
         for k in self.info.kit:
             self._kit_member(k)
-        members = [(n, size, x if isinstance(x, str) else x()) for n, size, x in self._members]
+        # resolved in place: a second list of every member doubled it at the end of a 100k-tag export
+        for i, (n, size, x) in enumerate(self._members):
+            if not isinstance(x, str):
+                self._members[i] = (n, size, x())
+        members = cast("list[tuple[str, int, str]]", self._members)
         self._bytes_member(
             TRAILER_MEMBER, encode_trailer(self._index_xxh3, members, self._headers.hexdigest())
         )

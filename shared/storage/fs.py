@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..digest import SLOTS
 from ..errors import NotAStorageTree, SourceNotFound, SourceUnreadable
 from .paths import V2_SUFFIX
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Extent:
     """``size`` bytes of the file at ``path`` starting at ``offset``."""
 
