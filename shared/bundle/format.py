@@ -341,10 +341,14 @@ def _read_index(u: msgpack.Unpacker) -> dict[str, Any]:
                     base[d] = b["base"]
             doc["blobs"], doc["_blobs_base"] = blobs, base
         elif key == "order":
-            order = []
-            for _ in range(_header(u.read_array_header, "order", "list")):
-                order.append(intern(_str(u.unpack(), "an order entry")))
-            doc["order"] = order
+            # strings only, which the catalog keeps anyway: unpacked in one call (a call per entry was
+            # a third of the time to open a 100k-tag bundle), checked and interned in one pass
+            items = u.unpack()
+            if type(items) is not list:
+                raise _malformed("order is not a list")
+            if not all(type(x) is str for x in items):
+                raise _malformed("an order entry is not a string")
+            doc["order"] = list(map(intern, items))
         else:
             doc[_str(key, "an index key")] = u.unpack()
     return doc
@@ -621,11 +625,15 @@ def _validate_names(catalog: Catalog, order: list[str], held: set[str]) -> None:
                     )
             continue
         at = pos[d]
-        for ref in (*m.blobs, *(c.digest for c in m.held_children)):
-            if pos.get(ref, -1) > at:
-                raise BundleFormatError(
-                    f"the bundle index is inconsistent: {d} comes before {ref}, which it needs"
-                )
+        # a plain loop over the blobs, the children only where there are any: this runs for every
+        # manifest on every open (120k at 100k tags)
+        late = [ref for ref in m.blobs if pos.get(ref, -1) > at]
+        if m.children:
+            late += [c.digest for c in m.held_children if pos.get(c.digest, -1) > at]
+        if late:
+            raise BundleFormatError(
+                f"the bundle index is inconsistent: {d} comes before {late[0]}, which it needs"
+            )
     names: set[str] = set()
     for r in catalog.repositories:
         problem = repository_problem(r.name)
@@ -647,6 +655,8 @@ def _validate_names(catalog: Catalog, order: list[str], held: set[str]) -> None:
                 raise BundleFormatError(
                     f"the bundle index is inconsistent: {r.name} holds {d}, which it does not describe"
                 )
+            if not held_m.children:
+                continue
             for c in held_m.held_children:
                 if c.digest not in mine:
                     raise BundleFormatError(
