@@ -322,24 +322,10 @@ def _read_index(u: msgpack.Unpacker) -> dict[str, Any]:
     doc: dict[str, Any] = {"_manifests_base": {}, "_blobs_base": {}}
     for _ in range(_header(u.read_map_header, "the index", "map")):
         key = u.unpack()
-        if key == "manifests":
-            manifests, base = {}, {}
-            for _ in range(_header(u.read_map_header, "manifests", "map")):
-                d = intern(_str(u.unpack(), "a manifest digest"))
-                m = u.unpack()
-                manifests[d] = _manifest_from(d, m)
-                if m.get("base") is not None:
-                    base[d] = m["base"]
-            doc["manifests"], doc["_manifests_base"] = manifests, base
-        elif key == "blobs":
-            blobs, base = {}, {}
-            for _ in range(_header(u.read_map_header, "blobs", "map")):
-                d = intern(_str(u.unpack(), "a blob digest"))
-                b = u.unpack()
-                blobs[d] = _blob_from(d, b)
-                if b.get("base") is not None:
-                    base[d] = b["base"]
-            doc["blobs"], doc["_blobs_base"] = blobs, base
+        if key in ("manifests", "blobs"):
+            doc[key], doc[f"_{key}_base"] = _entries(
+                u, key, _manifest_from if key == "manifests" else _blob_from
+            )
         elif key == "order":
             # strings only, which the catalog keeps anyway: unpacked in one call (a call per entry was
             # a third of the time to open a 100k-tag bundle), checked and interned in one pass
@@ -352,6 +338,20 @@ def _read_index(u: msgpack.Unpacker) -> dict[str, Any]:
         else:
             doc[_str(key, "an index key")] = u.unpack()
     return doc
+
+
+def _entries(
+    u: msgpack.Unpacker, what: str, make: Callable[[str, Any], Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One of the index's digest maps, made into records entry by entry, and each entry's ``base``."""
+    out, base = {}, {}
+    for _ in range(_header(u.read_map_header, what, "map")):
+        d = intern(_str(u.unpack(), f"a {what[:-1]} digest"))
+        entry = u.unpack()
+        out[d] = make(d, entry)  # checks that the entry is a map
+        if entry.get("base") is not None:
+            base[d] = entry["base"]
+    return out, base
 
 
 def _header(read: Callable[[], int], what: str, kind: str) -> int:
