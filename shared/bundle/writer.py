@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import BinaryIO, cast
 
 import xxhash
 
@@ -152,24 +152,25 @@ class BundleSink:
             x = known
         else:
             self._flush()
-            x = self._copy_hashing(content)
+            with content.open() as f:
+                x = self._copy_hashing(content.digest, content.size, f, "bundle input")
         self._tail = padding(content.size)
         self._members.append((name, content.size, x))
         self._written.add(content.digest)
         self._bytes += content.size
 
-    def _copy_hashing(self, content: BlobContent) -> str:
-        alg = content.digest.split(":", 1)[0]
+    def _copy_hashing(self, digest: str, size: int, f: BinaryIO, where: str) -> str:
+        """Copy ``size`` bytes of ``f`` into the bundle, checking them against ``digest``; their xxh3."""
+        alg = digest.split(":", 1)[0]
         h, x, n = hashlib.new(alg), xxhash.xxh3_128(), 0
-        with content.open() as f:
-            while n < content.size and (chunk := f.read(min(CHUNK, content.size - n))):
-                h.update(chunk)
-                x.update(chunk)
-                self.out.write(chunk)
-                n += len(chunk)
+        while n < size and (chunk := f.read(min(CHUNK, size - n))):
+            h.update(chunk)
+            x.update(chunk)
+            self.out.write(chunk)
+            n += len(chunk)
         actual = f"{alg}:{h.hexdigest()}"
-        if n != content.size or actual != content.digest:
-            raise DigestMismatch(content.digest, actual, n, where="bundle input")
+        if n != size or actual != digest:
+            raise DigestMismatch(digest, actual, n, where=where)
         return str(x.hexdigest())
 
     def put_manifest(self, repos: Sequence[str], manifest: Manifest, content: BlobContent) -> None:
@@ -192,19 +193,10 @@ class BundleSink:
         self._take_kept(k.member, k.size)  # a resume never keeps kit members: they come after the plan
         self._emit(self._tail + self._header(k.member, k.size))
         self._flush()
-        sha, x, n = hashlib.sha256(), xxhash.xxh3_128(), 0
         with open(self.kit_dir / k.name, "rb") as f:
-            while chunk := f.read(CHUNK):
-                sha.update(chunk)
-                x.update(chunk)
-                self.out.write(chunk)
-                n += len(chunk)
-        if n != k.size or sha.hexdigest() != k.sha256:
-            raise DigestMismatch(
-                f"sha256:{k.sha256}", f"sha256:{sha.hexdigest()}", n, where=f"kit file {k.name}"
-            )
+            x = self._copy_hashing(f"sha256:{k.sha256}", k.size, f, f"kit file {k.name}")
         self._tail = padding(k.size)
-        self._members.append((k.member, k.size, str(x.hexdigest())))
+        self._members.append((k.member, k.size, x))
 
     def commit(self) -> SinkResult:
         for k in self.info.kit:
