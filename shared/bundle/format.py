@@ -329,12 +329,7 @@ def _read_index(u: msgpack.Unpacker) -> dict[str, Any]:
         elif key == "order":
             # strings only, which the catalog keeps anyway: unpacked in one call (a call per entry was
             # a third of the time to open a 100k-tag bundle), checked and interned in one pass
-            items = u.unpack()
-            if type(items) is not list:
-                raise _malformed("order is not a list")
-            if not all(type(x) is str for x in items):
-                raise _malformed("an order entry is not a string")
-            doc["order"] = list(map(intern, items))
+            doc["order"] = list(map(intern, _strs(u.unpack(), "order")))
         else:
             doc[_str(key, "an index key")] = u.unpack()
     return doc
@@ -425,7 +420,7 @@ def decode_index(data: bytes, *, bundle_size: int | None = None) -> tuple[Catalo
     cap = index_raw_cap(len(data), bundle_size)
     try:
         with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as stream:
-            # no container can hold more entries than the index has bytes: the limits only make it explicit
+            # no container may announce more entries, and no string more bytes, than the cap allows
             u = msgpack.Unpacker(
                 _Capped(stream, cap),
                 raw=False,
