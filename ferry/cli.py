@@ -1382,16 +1382,13 @@ def kit(
         from ferry.bundler.kit import ARCHES, PYTHONS, KitOptions
         from ferry.bundler.kit import run as run_kit
 
-        from . import manpage
-
-        page = manpage.render(typer.main.get_command(app), ENVIRONMENT)
         opts = KitOptions(
             output=output,
             pythons=tuple(python or PYTHONS),
             arches=tuple(arch or ARCHES),
             wheel=wheel,
             force=force,
-            extra=(("ferry.1", page.encode()),),
+            extra=(("ferry.1", _man_page().encode()),),
         )
         with render.status(not quiet and not as_json, "fetching wheels"):
             return run_kit(opts)
@@ -1407,6 +1404,13 @@ def kit(
     _execute(go, as_json=as_json, quiet=quiet, show=show)
 
 
+def _man_page() -> str:
+    """ferry(1) from the command tree --help shows, with the environment variables (kit and make man)."""
+    from . import manpage
+
+    return manpage.render(typer.main.get_command(app), ENVIRONMENT)
+
+
 @app.command(hidden=True)
 def manpage(
     output: Annotated[
@@ -1414,9 +1418,7 @@ def manpage(
     ] = None,
 ) -> None:
     """Print ferry(1), rendered from the same help as --help (make man)."""
-    from . import manpage as mp
-
-    page = mp.render(typer.main.get_command(app), ENVIRONMENT)
+    page = _man_page()
     if output is None:
         sys.stdout.write(page)
     else:
@@ -1453,41 +1455,32 @@ def main() -> None:
     if "--json" not in sys.argv[1:]:
         app()
         return
-    # under --json a mistake on the command line is a JSON document too, like every other error
+    # under --json a mistake on the command line is a JSON document too, rendered as every other error
     try:
         code = app(standalone_mode=False)
-    except Exception as e:
-        if type(e).__name__ not in (
-            "UsageError",
-            "BadParameter",
-            "MissingParameter",
-            "NoSuchOption",
-            "BadOptionUsage",
-            "BadArgumentUsage",
-        ):
-            raise
-        render.print_json(
-            {
-                "ok": False,
-                "error": {"code": "usage", "message": e.format_message(), "hint": "See --help."},  # type: ignore[attr-defined]
-            }
-        )
-        sys.exit(2)
+    except _click("exceptions").UsageError as e:
+        error = UsageError(e.format_message(), hint="See --help.")
+        render.render_error(error, as_json=True)
+        sys.exit(error.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click(module: str) -> Any:
+    """A module of the click typer runs on: typer's vendored click from typer 0.26 on, click itself before
+    (what Python 3.9 installs)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"typer._click.{module}")
+    except ImportError:
+        return importlib.import_module(f"click.{module}")
 
 
 def _wrap_help_at_spaces() -> None:
     """Help wraps at spaces only: click also breaks after hyphens, which cuts ``--password-stdin`` in two
-    at 80 columns.  Its wrapper is typer's vendored click from typer 0.26 on, click's own before (3.9)."""
-    import importlib
-
-    for name in ("typer._click._textwrap", "click._textwrap"):
-        try:
-            tw = importlib.import_module(name)
-        except ImportError:
-            continue
-        tw.TextWrapper.wordsep_re = tw.TextWrapper.wordsep_simple_re
-        return
+    at 80 columns."""
+    tw = _click("_textwrap").TextWrapper
+    tw.wordsep_re = tw.wordsep_simple_re
 
 
 _GLOBAL_FLAGS = re.compile(r"^(-v+|--verbose|--debug)$")
