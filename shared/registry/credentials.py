@@ -53,9 +53,15 @@ class Resolved:
     tried: tuple[str, ...]
 
 
+def _split(url: str) -> tuple[str, str]:
+    """(host, path) of a registry reference (``https://host/v1/``, ``host:port``, ``host/ns``)."""
+    host, _, path = url.split("://", 1)[-1].partition("/")
+    host = host.lower()
+    return ("docker.io" if host in _DOCKER_HUB else host), path
+
+
 def host_of(url: str) -> str:
-    host = url.split("://", 1)[-1].split("/", 1)[0].lower()
-    return "docker.io" if host in _DOCKER_HUB else host
+    return _split(url)[0]
 
 
 def auth_files(environ: Mapping[str, str], home: Path, authfile: Path | None = None) -> list[Path]:
@@ -122,11 +128,10 @@ def _matching(entries: object, host: str) -> object | None:
     partial: object | None = None
     value: object
     for key, value in entries.items():
-        key_host = host_of(str(key))
+        key_host, path = _split(str(key))
         if key_host != host:
             continue
-        rest = str(key).split("://", 1)[-1].split("/", 1)
-        if len(rest) == 1 or rest[1].strip("/") in ("", "v1", "v2"):
+        if path.strip("/") in ("", "v1", "v2"):
             return value
         partial = partial if partial is not None else value
     return partial
