@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferry.shared import __version__
-from ferry.shared.bundle.format import BundleInfo, encode_index, member_digest
+from ferry.shared.bundle.format import BundleInfo, KitFile, encode_index, member_digest
 from ferry.shared.bundle.receipt import read_earlier, write_receipt
 from ferry.shared.bundle.resume import Partial, ResumePoint, check, claimed, find_partial
 from ferry.shared.bundle.tario import BundleOutput
@@ -171,7 +171,9 @@ def _tree_source(opts: ExportOptions, fs: TreeFS) -> dict[str, str]:
     }
 
 
-def _info(opts: ExportOptions, source: dict[str, str], ident: _Identity) -> BundleInfo:
+def _info(
+    opts: ExportOptions, source: dict[str, str], ident: _Identity, kit: tuple[KitFile, ...]
+) -> BundleInfo:
     sel = opts.selection
     return BundleInfo(
         ferry_version=__version__,
@@ -185,7 +187,7 @@ def _info(opts: ExportOptions, source: dict[str, str], ident: _Identity) -> Bund
         },
         volume_size=opts.volume_size,
         bundle_id=ident.bundle_id,
-        kit=kit_files(opts.with_kit) if opts.with_kit is not None else (),
+        kit=kit,
     )
 
 
@@ -196,13 +198,14 @@ def _write(
     on_progress: ProgressCallback,
     ident: _Identity,
     point: ResumePoint | None,
+    kit: tuple[KitFile, ...],
 ) -> tuple[BundleOutput, BundleSink]:
     out = BundleOutput(opts.output, opts.volume_size)
     out.resumable = opts.output is not None
     if point is not None:
         out.resume(point.paths, point.pos)
     sink = BundleSink(
-        out, _info(opts, described, ident), mtime=ident.mtime, resume=point, kit_dir=opts.with_kit
+        out, _info(opts, described, ident, kit), mtime=ident.mtime, resume=point, kit_dir=opts.with_kit
     )
     try:
         copy(source, sink, on_progress=on_progress)
@@ -278,10 +281,15 @@ def _begin(opts: ExportOptions) -> tuple[Partial | None, BaseSet | None, _Identi
 
 
 def _resume_point(
-    opts: ExportOptions, catalog: Catalog, source: dict[str, str], partial: Partial, ident: _Identity
+    opts: ExportOptions,
+    catalog: Catalog,
+    source: dict[str, str],
+    partial: Partial,
+    ident: _Identity,
+    kit: tuple[KitFile, ...],
 ) -> ResumePoint | None:
     order = catalog.member_order()
-    index = encode_index(catalog, _info(opts, source, ident), order)
+    index = encode_index(catalog, _info(opts, source, ident, kit), order)
     point = check(partial, index, catalog, order, jobs=opts.jobs)
     if point is None:
         log.warning(
@@ -297,8 +305,8 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
     started = time.monotonic()
     if opts.receipt is not None and not opts.receipt.parent.is_dir():
         raise OutputError(f"--receipt {opts.receipt}: its directory does not exist")
-    if opts.with_kit is not None:
-        kit_files(opts.with_kit)  # a folder that is no kit is refused before the walk
+    # hashed once, before the walk (a folder that is no kit is refused at once)
+    kit = kit_files(opts.with_kit) if opts.with_kit is not None else ()
     if opts.output is not None and not opts.force:
         there = [p for p in (opts.output, opts.output.with_name(opts.output.name + ".000")) if p.exists()]
         if there:
@@ -307,7 +315,7 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
                 hint="Pass --force to replace it, or name another output with -o.",
             )
     if opts.registry is not None:
-        return _run_registry(opts, opts.registry, on_progress, started)
+        return _run_registry(opts, opts.registry, on_progress, started, kit)
     partial, bases, ident = _begin(opts)
     written = claimed(partial) if partial is not None and partial.info.bundle_id is not None else frozenset()
     # blobs are hashed in the background from the walk on; a wrong one aborts the bundle at the end.
@@ -319,14 +327,14 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
     point = None
     if written:
         assert partial is not None
-        point = _resume_point(opts, result.catalog, _tree_source(opts, fs), partial, ident)
+        point = _resume_point(opts, result.catalog, _tree_source(opts, fs), partial, ident, kit)
         if point is None:  # another source, or other options: nothing of the partial is of use
             ident = _Identity.new()
             result, fs = _scan(
                 opts, on_progress, defer_hashing=defer, skip_broken=opts.skip_broken, bases=bases
             )
     try:
-        out, sink = _write(opts, TreeSource(result), _tree_source(opts, fs), on_progress, ident, point)
+        out, sink = _write(opts, TreeSource(result), _tree_source(opts, fs), on_progress, ident, point, kit)
     except (BrokenImages, SourceChanged, SourceUnreadable) as e:
         if isinstance(e, BrokenImages) and not opts.skip_broken:
             raise  # it names every broken image already
@@ -336,7 +344,7 @@ def run(opts: ExportOptions, *, on_progress: ProgressCallback = no_progress) -> 
         log.info("%s; exporting again, checking every blob first", e.message)
         result, fs = _scan(opts, on_progress, defer_hashing=False, skip_broken=opts.skip_broken, bases=bases)
         ident, point = _Identity.new(), None
-        out, sink = _write(opts, TreeSource(result), _tree_source(opts, fs), on_progress, ident, point)
+        out, sink = _write(opts, TreeSource(result), _tree_source(opts, fs), on_progress, ident, point, kit)
     notes: tuple[str, ...] = ()
     if result.untagged_left:
         notes = (
@@ -386,7 +394,11 @@ def _result(
 
 
 def _run_registry(
-    opts: ExportOptions, config: ClientConfig, on_progress: ProgressCallback, started: float
+    opts: ExportOptions,
+    config: ClientConfig,
+    on_progress: ProgressCallback,
+    started: float,
+    kit: tuple[KitFile, ...],
 ) -> ExportResult:
     """Export from a live registry over the V2 API (see :mod:`ferry.shared.registry.source`)."""
     partial, bases, ident = _begin(opts)
@@ -407,7 +419,7 @@ def _run_registry(
         described = {"kind": "registry", "url": redact(config.url), "host": socket.gethostname()}
         point = None
         if partial is not None:
-            point = _resume_point(opts, catalog, described, partial, ident)
+            point = _resume_point(opts, catalog, described, partial, ident, kit)
             if point is None:
                 ident = _Identity.new()
         kept = (
@@ -416,7 +428,7 @@ def _run_registry(
             else frozenset()
         )
         source = RegistrySource(client, found, jobs=opts.api_jobs, retries=opts.retries, skip=kept)
-        out, sink = _write(opts, source, described, on_progress, ident, point)
+        out, sink = _write(opts, source, described, on_progress, ident, point, kit)
     finally:
         client.close()
     notes = (found.untagged_note,) if found.untagged_note else ()

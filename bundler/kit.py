@@ -115,7 +115,7 @@ def run(opts: KitOptions) -> KitResult:
         files = kit_files(work, sums=False)
         sums = "".join(f"{f.sha256}  {f.name}\n" for f in files)
         (work / "SHA256SUMS").write_text(sums, encoding="ascii")
-        files = kit_files(work)
+        files = tuple(sorted((*files, _kit_file(work / "SHA256SUMS")), key=lambda f: f.name))
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(work, out)
@@ -140,12 +140,7 @@ def kit_files(folder: Path, *, sums: bool = True) -> tuple[KitFile, ...]:
                 f"--with-kit {folder}: {p.name!r} is not a plain file a kit holds; "
                 f"make the kit with `ferry kit -o {folder}`"
             )
-        sha, size = hashlib.sha256(), 0
-        with open(p, "rb") as f:
-            while chunk := f.read(CHUNK):
-                sha.update(chunk)
-                size += len(chunk)
-        out.append(KitFile(p.name, size, sha.hexdigest()))
+        out.append(_kit_file(p))
     names = {f.name for f in out}
     if INSTALL_SH not in names or not any(
         n.startswith("registry_ferry-") and n.endswith(".whl") for n in names
@@ -155,6 +150,15 @@ def kit_files(folder: Path, *, sums: bool = True) -> tuple[KitFile, ...]:
             f"make one with `ferry kit -o {folder}`"
         )
     return tuple(out)
+
+
+def _kit_file(p: Path) -> KitFile:
+    sha, size = hashlib.sha256(), 0
+    with open(p, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return KitFile(p.name, size, sha.hexdigest())
 
 
 def _source_tree() -> Path | None:
