@@ -224,11 +224,7 @@ def scan_registry(
         listed = dict(zip(repos, pool.map(lister.tags, repos)))
         roots: list[tuple[str, str]] = []
         if sel.include or sel.exclude:
-            matched: set[str] = set()
-            for repo in repos:
-                for t in (None, *listed[repo]):
-                    matched |= sel.matching(repo, t)
-            sel.unmatched(matched)
+            sel.unmatched(set().union(*(sel.matching(repo, listed[repo]) for repo in repos)))
         for repo in repos:
             for tag in listed[repo]:
                 problem = tag_problem(tag)

@@ -23,7 +23,7 @@ import fnmatch
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, cast
 
@@ -101,10 +101,13 @@ class Selection:
             return tag is not None and fnmatch.fnmatchcase(f"{repo}:{tag}", p)
         return fnmatch.fnmatchcase(repo, p)
 
-    def matching(self, repo: str, tag: str | None) -> set[str]:
-        """The patterns (include and exclude) that match this image: a pattern that matches nothing in the
-        whole source is a mistake (a typo, the wrong registry) that would otherwise export nothing or all."""
-        return {p for p in (*self.include, *self.exclude) if self._hit(p, repo, tag)}
+    def matching(self, repo: str, tags: Iterable[str]) -> set[str]:
+        """The patterns (include and exclude) that match the repository or one of its tags: a pattern
+        that matches nothing in the whole source is a mistake (a typo, the wrong registry) that would
+        otherwise export nothing or all."""
+        if not (self.include or self.exclude):
+            return set()
+        return {p for p in (*self.include, *self.exclude) for t in (None, *tags) if self._hit(p, repo, t)}
 
     def unmatched(self, matched: set[str]) -> None:
         """Refuse the patterns no image of the source matched (``matched``: every pattern that did)."""
@@ -525,9 +528,7 @@ def _walk_repository(
     tree: _Tree, repo: str, sel: Selection, hasher: _Hasher
 ) -> tuple[list[_Root], list[Skipped]]:
     tags, bad_tags = tree.tags(repo)
-    if sel.include or sel.exclude:
-        for t in (None, *tags):
-            tree.matched |= sel.matching(repo, t)
+    tree.matched |= sel.matching(repo, tags)
     repo_roots = [_Root(repo, t, d) for t, d in tags.items() if sel.wants(repo, t)]
     skipped = [s for s in bad_tags if sel.wants(repo, s.tag)]
     if sel.untagged and sel.wants(repo, None):
