@@ -85,7 +85,7 @@ WARM = [
     [
         sys.executable,
         "-c",
-        "import ferry.cli, ferry.render, bundler.export, importer.verify, importer.restore",
+        "import ferry.cli, ferry.render, ferry.bundler.export, ferry.importer.verify, ferry.importer.restore",
     ],
     ["tar", "--version"],
     ["openssl", "version"],
@@ -110,7 +110,8 @@ def settle(*inputs: Path) -> None:
         # the programs themselves back in the cache too (ferry's modules, tar, openssl): a program is hot
         # when an engineer runs it, and dropping its files would bill its start-up to the measurement
         for warm in WARM:
-            subprocess.run(warm, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            # checked: a warm-up that fails (a module renamed) would leave ferry's start-up cold unseen
+            subprocess.run(warm, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     buf = bytearray(1 << 20)
     for top in inputs:
         # walked as a stream: a list of 100k paths would grow this process, and a child forked from it

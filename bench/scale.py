@@ -14,7 +14,6 @@ references (``tar -cf``; ``tar -xf`` + ``chown -R``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.run import machine, settle
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
@@ -103,13 +104,6 @@ def run(cmd: list[str] | str, *, stdout: object = subprocess.DEVNULL) -> Run:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench command failed: {cmd}\n{err}")
     return Run(dt, ru.ru_utime + ru.ru_stime, peak["anon"] / 1024, peak["file"] / 1024, peak["all"] / 1024)
-
-
-def settle() -> None:
-    """The same start for ferry and its reference: dirty pages written, clean ones dropped."""
-    subprocess.run(["sync"], check=False)
-    with contextlib.suppress(OSError):  # not root: the cache stays as it is, for both sides alike
-        Path("/proc/sys/vm/drop_caches").write_text("1")
 
 
 def tree(tags: int) -> tuple[Path, dict[str, int]]:
@@ -245,8 +239,6 @@ def main() -> None:
     push = os.environ.get("FERRY_SCALE_PUSH", "1") != "0"
     path = OUT / "scale.json"
     results: dict[str, dict[str, object]] = json.loads(path.read_text()) if path.exists() else {}
-    from bench.run import machine
-
     for tags in sizes:
         results[str(tags)] = bench_size(tags, push)
         results[str(tags)]["machine"] = machine()
