@@ -20,6 +20,7 @@ from ferry.bundler.export import run as export
 from ferry.importer.push import PushOptions
 from ferry.importer.push import run as push
 from ferry.shared.bundle.reader import Bundle
+from tests.support.catch import stopped_when
 from tests.support.checks import assert_tree_consistent, validate_bundle
 from tests.support.proxy import Proxy
 from tests.support.registry import Registry
@@ -132,12 +133,8 @@ def test_export_killed_then_run_again_gives_a_valid_bundle(tree: Path, tmp_path:
     out = tmp_path / "b.tar"
     p = subprocess.Popen(["ferry", "export", str(tree), "-o", str(out), "-q"])
     kids = _wait_for_child(p.pid)
-    deadline = time.monotonic() + 30
-    while not (
-        out.with_name("b.tar.partial").exists() and out.with_name("b.tar.partial").stat().st_size > 1 << 20
-    ):
-        assert time.monotonic() < deadline and p.poll() is None
-        time.sleep(0.005)
+    partial = out.with_name("b.tar.partial")
+    stopped_when(p, lambda: partial.exists() and partial.stat().st_size > 1 << 20, timeout=30)
     p.send_signal(signal.SIGKILL)
     p.wait(10)
     assert _wait_gone(kids) == []

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from ferry.shared.bundle.format import blob_member
 from ferry.shared.bundle.reader import Bundle
 from ferry.shared.bundle.resume import Partial, find_partial, partial_name
 from ferry.shared.bundle.tario import find_volumes, volume_name
+from tests.support.catch import resume, stopped_when
 from tests.support.checks import validate_bundle
 from tests.support.mounts import tmpfs
 
@@ -63,12 +63,8 @@ def _kill_at(tree: Path, out: Path, at: int, volumes: bool) -> Partial:
     if volumes:
         cmd += ["--volume-size", str(VOLUME)]
     p = subprocess.Popen(cmd)
-    deadline = time.monotonic() + 60
     try:
-        while _partial_bytes(out, volumes) < at:
-            assert p.poll() is None, "the export ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.0005)
+        stopped_when(p, lambda: _partial_bytes(out, volumes) >= at)
         p.send_signal(signal.SIGKILL)
         p.wait(10)
     finally:
@@ -202,10 +198,9 @@ def test_ctrl_c_keeps_the_partial(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "b.tar"
     p = subprocess.Popen(["ferry", "export", str(tree), "-o", str(out), "-q"])
     try:
-        while _partial_bytes(out, False) < 10 << 20:
-            assert p.poll() is None
-            time.sleep(0.0005)
+        stopped_when(p, lambda: _partial_bytes(out, False) >= 10 << 20)
         p.send_signal(signal.SIGINT)
+        resume(p)
         assert p.wait(20) == 130
     finally:
         if p.poll() is None:
