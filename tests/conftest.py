@@ -36,13 +36,21 @@ def zoo_copy(zoo: Zoo, tmp_path: Path) -> Path:
     return dst
 
 
-def _real_harbor(version: str, factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
+def _real_harbor(
+    version: str, factory: pytest.TempPathFactory, s3_driver: dict[str, str] | None = None
+) -> Iterator[RealHarbor]:
     # not below pytest's temp root (mode 0700): Harbor's PostgreSQL runs as the postgres user
     work = Path(tempfile.mkdtemp(prefix=f"ferry-harbor-{version}-"))
     work.chmod(0o755)
     failure = None
     try:
         harbor = start_harbor(version, work / "work")
+        if s3_driver is not None:
+            try:
+                harbor.move_registry_to_s3(s3_driver)
+            except BaseException:
+                harbor.stop()
+                raise
     except HarborUnavailable as e:
         failure = str(e)
     if failure is not None:
@@ -72,6 +80,22 @@ def harbor27(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
 def harbor110(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
     """Real Harbor 1.10.19: the restore target."""
     yield from _real_harbor("v1.10.19", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def harbor110_s3(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHarbor]:
+    """Real Harbor 1.10.19 whose registry keeps its storage in the bucket ``harbor1`` under ``/prod`` of
+    the real S3 server: a restore target reached as ``s3://harbor1/prod``."""
+    s3.client().create_bucket(Bucket="harbor1")
+    driver = {
+        "regionendpoint": s3.endpoint,
+        "bucket": "harbor1",
+        "accesskey": s3.access_key,
+        "secretkey": s3.secret_key,
+        "region": s3.region,
+        "rootdirectory": "/prod",
+    }
+    yield from _real_harbor("v1.10.19", tmp_path_factory, driver)
 
 
 @pytest.fixture(scope="session")

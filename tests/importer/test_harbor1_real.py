@@ -1,5 +1,7 @@
 """Restore into a running real Harbor 1.10.19 (../shared/harbor/v1.10.19): its own API lists every project,
-repository and tag after ``ferry restore --harbor-url``, and every ref pulls through it with its digest."""
+repository and tag after ``ferry restore --harbor-url``, and every ref pulls through it with its digest;
+both for a Harbor on a disk and for one whose registry keeps its storage in a bucket of the real S3 server
+(``--root s3://…``: the same Harbor 1.x steps after the upload)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ferry.shared.manifest import MANIFEST_TYPES, SCHEMA1_TYPES
 from ferry.shared.registry.client import ClientConfig, Credentials, RegistryClient
 from ferry.shared.storage.reader import Selection
 from tests.support.realharbor import RealHarbor
+from tests.support.s3 import S3Server
 from tests.support.zoo import Zoo
 
 runner = CliRunner()
@@ -32,10 +35,22 @@ def bundle(zoo: Zoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_restore_into_harbor_1_10_lists_and_serves_everything(harbor110: RealHarbor, bundle: Path) -> None:
+@pytest.mark.parametrize("storage", ["disk", "s3"])
+def test_restore_into_harbor_1_10_lists_and_serves_everything(
+    storage: str, bundle: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if storage == "s3":
+        harbor110: RealHarbor = request.getfixturevalue("harbor110_s3")
+        s3: S3Server = request.getfixturevalue("s3")
+        for k, v in s3.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        root = "s3://harbor1/prod"
+    else:
+        harbor110 = request.getfixturevalue("harbor110")
+        root = harbor110.env["REGISTRY_STORAGE_ROOT"]
     with Bundle.open(bundle) as b:
         catalog = b.catalog
-    root = harbor110.env["REGISTRY_STORAGE_ROOT"]
     args = [
         "restore",
         str(bundle),
@@ -51,6 +66,8 @@ def test_restore_into_harbor_1_10_lists_and_serves_everything(harbor110: RealHar
     ]
     r = runner.invoke(app, args, input=harbor110.password + "\n")
     assert r.exit_code == 0, r.stderr
+    if storage == "s3":  # what Harbor serves below came from the bucket, not from a disk
+        assert not list(Path(harbor110.env["REGISTRY_STORAGE_ROOT"]).rglob("data"))
     # one-level names cannot be served by Harbor 1.x: they land under library/, and restore says so
     assert "renamed multi → library/multi" in r.stderr
     assert "multi-arch indexes" in r.stderr and "OCI manifests" in r.stderr  # what its API cannot describe

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -187,6 +189,55 @@ class RealHarbor:
             if len(doc) < 100:
                 return out
             page += 1
+
+    def move_registry_to_s3(self, driver: dict[str, str]) -> None:
+        """Restart the docker-registry behind core on Distribution's s3 driver (``driver``: regionendpoint,
+        bucket, accesskey, secretkey, region, rootdirectory), as a Harbor with S3 storage runs it.  The
+        start scripts only write a filesystem config (and ../shared is read-only), so the config they wrote
+        is edited and the registry restarted under the same port and token auth; its new pid replaces the
+        old one in WORK/pids, so stop.sh still stops exactly what runs."""
+        cfg = self.work / "registry.yml"
+        text = cfg.read_text()
+        lines = text.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith("  filesystem: "))
+        lines[at : at + 1] = [
+            "  s3: {" + ", ".join(f"{k}: {v}" for k, v in driver.items()) + ", secure: false, v4auth: true}",
+            "  redirect: {disable: true}",
+        ]
+        cfg.write_text("\n".join(lines) + "\n")
+        pids = (self.work / "pids").read_text().splitlines()
+        old = next(int(line.split()[1]) for line in pids if line.startswith("registry "))
+        os.kill(old, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{old}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # as start.sh runs it: without REGISTRY_* (config overrides) and AWS_CA_BUNDLE (the driver panics)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_") and k != "AWS_CA_BUNDLE"}
+        with open(self.work / "logs" / "registry.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["docker-registry", "serve", str(cfg)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        pids = [f"registry {proc.pid}" if line.startswith("registry ") else line for line in pids]
+        (self.work / "pids").write_text("\n".join(pids) + "\n")
+        backend = self.env["REGISTRY_BACKEND_URL"].rstrip("/")
+        while True:
+            try:
+                urllib.request.urlopen(f"{backend}/v2/", timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return  # 401: up, and asking for core's token
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline + 20:
+                    raise HarborUnavailable(
+                        "the registry on S3 did not start: "
+                        + (self.work / "logs" / "registry.log").read_text()[-2000:]
+                    ) from None
+                time.sleep(0.05)
 
     def stop(self) -> None:
         subprocess.run(
