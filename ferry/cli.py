@@ -579,27 +579,27 @@ def inspect(
         return digest if full else digest[:19] + "…"
 
     def show(r: "InspectResult") -> None:
-        d: dict[str, Any] = r.to_dict()
+        d: dict[str, Any] = r.to_dict(images=False)
         src = d["source"]
         render.out.print(
             f"[bold]{render.safe(r.path)}[/]  format {d['formatVersion']}, ferry {d['ferryVersion']}, created {d['created']}"
             + (f", bundle id {d['bundleId']}" if d["bundleId"] else "")
             + "\n"
             f"source: {render.safe(src.get('path'))} ({render.safe(src.get('kind'))}) on {render.safe(src.get('host'))}\n"
-            f"{len(d['repositories'])} repositories, {len(d['images'])} images, {d['manifestCount']} manifests, "
+            f"{len(d['repositories'])} repositories, {d['imageCount']} images, {d['manifestCount']} manifests, "
             f"{d['blobCount']} blobs, {render.human(d['bytes'])} of content, bundle {render.human(d['bundleBytes'])}",
             soft_wrap=True,
         )
-        rows = [
+        rows = (
             [
-                i["repository"],
-                i["tag"] if i["tag"] is not None else "(untagged)",
-                short(i["digest"]),
-                i["mediaType"].rsplit("/", 1)[-1],
-                ", ".join(i["platforms"]),
+                i.repository,
+                i.tag if i.tag is not None else "(untagged)",
+                short(i.digest),
+                i.media_type.rsplit("/", 1)[-1],
+                ", ".join(platforms),
             ]
-            for i in d["images"]
-        ]
+            for i, platforms in r.images()
+        )
         render.table("images", ["repository", "tag", "digest", "type", "platforms"], rows)
         for s in d["skipped"]:
             render.out.print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from ferry.shared.bundle.format import BundleInfo
 from ferry.shared.bundle.reader import Bundle
 from ferry.shared.delta import wave
-from ferry.shared.model import Catalog
+from ferry.shared.model import Catalog, Image
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,16 @@ class InspectResult:
     catalog: Catalog
     bundle_bytes: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def images(self) -> Iterator[tuple[Image, list[str]]]:
+        """Every image (tagged, then untagged, per repository) with the platforms of its index."""
+        manifests = self.catalog.manifests
+        for i in self.catalog.images():
+            children = manifests[i.digest].children
+            yield i, [ch.platform for ch in children if ch.platform] if children else []
+
+    def to_dict(self, *, images: bool = True) -> dict[str, Any]:
+        """The ``--json`` document; ``images=False`` leaves the image list out (``images`` is then None)
+        for a caller that walks :meth:`images` itself: at 100k tags the list is 100k dicts."""
         c = self.catalog
         return {
             "ok": True,
@@ -40,17 +50,22 @@ class InspectResult:
                 }
                 for r in c.repositories
             ],
-            "images": [
-                {
-                    "repository": i.repository,
-                    "tag": i.tag,
-                    "digest": i.digest,
-                    "mediaType": i.media_type,
-                    "size": i.size,
-                    "platforms": [ch.platform for ch in c.manifests[i.digest].children if ch.platform],
-                }
-                for i in c.images()
-            ],
+            "images": (
+                [
+                    {
+                        "repository": i.repository,
+                        "tag": i.tag,
+                        "digest": i.digest,
+                        "mediaType": i.media_type,
+                        "size": i.size,
+                        "platforms": platforms,
+                    }
+                    for i, platforms in self.images()
+                ]
+                if images
+                else None
+            ),
+            "imageCount": sum(len(r.tags) + len(r.untagged) for r in c.repositories),
             "manifestCount": len(c.manifests),
             "blobCount": len(c.blobs),
             "bytes": c.total_bytes,

@@ -120,3 +120,12 @@ def test_shell_completion_is_offered() -> None:
         env={**os.environ, "_FERRY_COMPLETE": "complete_bash", "COMP_WORDS": "ferry exp", "COMP_CWORD": "1"},
     ).stdout
     assert "export" in words
+
+
+def test_tab_separated_rows_write_control_characters_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """Off a terminal a table is tab-separated lines; a cell's own tab or newline must not split it."""
+    from ferry import render
+
+    render.table("t", ["a", "b"], [["x", "y"], ["v1\tx", "n\nl"], ["esc\x1b[31m", 3]])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["a\tb", "x\ty", "v1\\x09x\tn\\x0al", "esc\\x1b[31m\t3"]
