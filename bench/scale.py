@@ -10,6 +10,11 @@ references (``tar -cf``; ``tar -xf`` + ``chown -R``).
 
     FERRY_SCALE_SIZES=20000,100000   sizes to run (default both)
     FERRY_SCALE_PUSH=0               leave out the push (about 30 minutes at 100k tags on 2 cores)
+    FERRY_SCALE_COMMANDS=a,b         run only these of export, verify, inspect, restore, push, api (the
+                                     others keep their last figures in bench/out/scale.json)
+
+``api`` is the export over the V2 API (``ferry export http://…``) from a docker-registry serving the tree:
+its memory must stay bounded as well (the manifests it fetched are held until the index is written).
 """
 
 from __future__ import annotations
@@ -118,46 +123,68 @@ def tree(tags: int) -> tuple[Path, dict[str, int]]:
     return root, json.loads(stamp.read_text())
 
 
-def bench_size(tags: int, push: bool) -> dict[str, object]:
+def bench_size(tags: int, commands: set[str]) -> dict[str, object]:
     ferry = shutil.which("ferry") or "ferry"
     root, facts = tree(tags)
     work = OUT / f"scale-{tags}-work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     bundle, plain = work / "bundle.tar", work / "plain.tar"
+    if "export" in commands or not bundle.exists():
+        commands = commands | {"export"}  # the others read the bundle it writes
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     out: dict[str, object] = {"tree": facts}
-    print(f"scale {tags}: export ...", file=sys.stderr)
-    settle()
-    out["export"] = run([ferry, "export", str(root), "-o", str(bundle), "-q"]).to_dict()
-    settle()
-    out["tar_cf"] = run(["tar", "-cf", str(plain), "-C", str(root), "docker"]).to_dict()
-    print(f"scale {tags}: verify, inspect ...", file=sys.stderr)
-    settle()
-    out["verify"] = run([ferry, "verify", str(bundle), "-q"]).to_dict()
-    settle()
-    out["inspect"] = run([ferry, "inspect", str(bundle)]).to_dict()
-    print(f"scale {tags}: restore ...", file=sys.stderr)
-    settle()
-    out["restore"] = run([ferry, "restore", str(bundle), "--root", str(work / "restored"), "-q"]).to_dict()
-    settle()
-    d = work / "restored-tar"
-    out["tar_xf_chown"] = run(f"mkdir -p {d} && tar -xf {plain} -C {d} && chown -R 10000:10000 {d}").to_dict()
-    shutil.rmtree(work / "restored", ignore_errors=True)
-    shutil.rmtree(d, ignore_errors=True)
-    plain.unlink()
-    if push:
+    if "export" in commands:
+        print(f"scale {tags}: export ...", file=sys.stderr)
+        settle()
+        out["export"] = run([ferry, "export", str(root), "-o", str(bundle), "-q"]).to_dict()
+        settle()
+        out["tar_cf"] = run(["tar", "-cf", str(plain), "-C", str(root), "docker"]).to_dict()
+    if "verify" in commands:
+        print(f"scale {tags}: verify ...", file=sys.stderr)
+        settle()
+        out["verify"] = run([ferry, "verify", str(bundle), "-q"]).to_dict()
+    if "inspect" in commands:
+        print(f"scale {tags}: inspect ...", file=sys.stderr)
+        settle()
+        out["inspect"] = run([ferry, "inspect", str(bundle)]).to_dict()
+    if "restore" in commands:
+        print(f"scale {tags}: restore ...", file=sys.stderr)
+        settle()
+        out["restore"] = run(
+            [ferry, "restore", str(bundle), "--root", str(work / "restored"), "-q"]
+        ).to_dict()
+        settle()
+        d = work / "restored-tar"
+        out["tar_xf_chown"] = run(
+            f"mkdir -p {d} && tar -xf {plain} -C {d} && chown -R 10000:10000 {d}"
+        ).to_dict()
+        shutil.rmtree(work / "restored", ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
+    plain.unlink(missing_ok=True)
+    if "push" in commands or "api" in commands:
         sys.path.insert(0, str(REPO))
         from ferry.localregistry import Registry
 
-        print(f"scale {tags}: push into a fresh docker-registry ...", file=sys.stderr)
-        with Registry(work / "registry") as reg:
-            out["push"] = run([ferry, "push", str(bundle), "--registry", reg.url, "-q"]).to_dict()
-        shutil.rmtree(work / "registry", ignore_errors=True)
+        if "push" in commands:
+            print(f"scale {tags}: push into a fresh docker-registry ...", file=sys.stderr)
+            with Registry(work / "registry") as reg:
+                out["push"] = run([ferry, "push", str(bundle), "--registry", reg.url, "-q"]).to_dict()
+            shutil.rmtree(work / "registry", ignore_errors=True)
+        if "api" in commands:
+            print(
+                f"scale {tags}: export over the V2 API from a docker-registry serving the tree ...",
+                file=sys.stderr,
+            )
+            api_bundle = work / "api.tar"
+            with Registry(root) as reg:
+                settle()
+                out["api"] = run([ferry, "export", reg.url, "-o", str(api_bundle), "-q"]).to_dict()
+            api_bundle.unlink()
     out["bundle_bytes"] = bundle.stat().st_size
     return out
 
 
-COMMANDS = ("export", "verify", "inspect", "restore", "push")
+COMMANDS = ("export", "verify", "inspect", "restore", "push", "api")
 
 
 def report(results: dict[str, dict[str, object]]) -> list[tuple[str, bool]]:
@@ -236,11 +263,16 @@ def report(results: dict[str, dict[str, object]]) -> list[tuple[str, bool]]:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in os.environ.get("FERRY_SCALE_SIZES", "20000,100000").split(",")]
-    push = os.environ.get("FERRY_SCALE_PUSH", "1") != "0"
+    commands = set(os.environ.get("FERRY_SCALE_COMMANDS", ",".join(COMMANDS)).split(","))
+    if os.environ.get("FERRY_SCALE_PUSH", "1") == "0":
+        commands.discard("push")
+    if commands - set(COMMANDS):
+        raise SystemExit(f"FERRY_SCALE_COMMANDS: unknown {sorted(commands - set(COMMANDS))}")
     path = OUT / "scale.json"
     results: dict[str, dict[str, object]] = json.loads(path.read_text()) if path.exists() else {}
     for tags in sizes:
-        results[str(tags)] = bench_size(tags, push)
+        # figures of commands not run this time are kept from the last run
+        results.setdefault(str(tags), {}).update(bench_size(tags, commands))
         results[str(tags)]["machine"] = machine()
         path.write_text(json.dumps(results, indent=2))
     report(results)
