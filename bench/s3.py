@@ -56,14 +56,7 @@ def run(tree: Path, work: Path, *, skopeo: bool = True, budget: float | None = N
             s3_vs_disk=round(s3_s / disk_s, 3),
         )
         if skopeo:
-            driver = {
-                "regionendpoint": s3.endpoint,
-                "bucket": "bench",
-                "accesskey": s3.access_key,
-                "secretkey": s3.secret_key,
-                "region": s3.region,
-                "rootdirectory": "/prod",
-            }
+            driver = s3.registry_driver("bench")
             with Registry(work / "unused", s3=driver) as reg:
                 cfg = _sync_yaml(work, reg.host, _repos(tree))
                 sk = skopeo_sync_dir(cfg, work / "dirs", _tags(tree), budget)

@@ -87,14 +87,7 @@ def harbor110_s3(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """Real Harbor 1.10.19 whose registry keeps its storage in the bucket ``harbor1`` under ``/prod`` of
     the real S3 server: a restore target reached as ``s3://harbor1/prod``."""
     s3.client().create_bucket(Bucket="harbor1")
-    driver = {
-        "regionendpoint": s3.endpoint,
-        "bucket": "harbor1",
-        "accesskey": s3.access_key,
-        "secretkey": s3.secret_key,
-        "region": s3.region,
-        "rootdirectory": "/prod",
-    }
+    driver = s3.registry_driver("harbor1")
     yield from _real_harbor("v1.10.19", tmp_path_factory, driver)
 
 

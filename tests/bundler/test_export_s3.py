@@ -39,14 +39,7 @@ def registries(
     """(filesystem registry root, s3 URL) holding the same images."""
     work = tmp_path_factory.mktemp("s3")
     s3.client().create_bucket(Bucket="registry")
-    driver = {
-        "regionendpoint": s3.endpoint,
-        "bucket": "registry",
-        "accesskey": s3.access_key,
-        "secretkey": s3.secret_key,
-        "region": s3.region,
-        "rootdirectory": "/prod",
-    }
+    driver = s3.registry_driver("registry")
     with Registry(work / "fs") as fs, Registry(work / "unused", s3=driver) as on_s3:
         for ref in REFS:
             for reg in (fs, on_s3):

@@ -52,14 +52,7 @@ def _bucket(s3: S3Server, name: str) -> None:
 
 
 def _serves(s3: S3Server, bucket: str, catalog: Catalog, tmp_path: Path) -> None:
-    driver = {
-        "regionendpoint": s3.endpoint,
-        "bucket": bucket,
-        "accesskey": s3.access_key,
-        "secretkey": s3.secret_key,
-        "region": s3.region,
-        "rootdirectory": "/prod",
-    }
+    driver = s3.registry_driver(bucket)
     with Registry(tmp_path / "unused", s3=driver, schema1=True) as reg:
         for r in catalog.repositories:
             for tag, digest in r.tags.items():

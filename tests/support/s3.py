@@ -33,6 +33,17 @@ class S3Server:
             "AWS_ENDPOINT_URL": self.endpoint,
         }
 
+    def registry_driver(self, bucket: str, root: str = "/prod") -> dict[str, str]:
+        """docker-registry's s3 storage driver settings for ``bucket`` under ``root`` on this server."""
+        return {
+            "regionendpoint": self.endpoint,
+            "bucket": bucket,
+            "accesskey": self.access_key,
+            "secretkey": self.secret_key,
+            "region": self.region,
+            "rootdirectory": root,
+        }
+
     def client(self):  # type: ignore[no-untyped-def]
         import boto3
 
