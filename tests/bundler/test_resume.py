@@ -196,12 +196,18 @@ def test_resume_without_a_partial_is_a_plain_export_and_not_for_a_stream(tree: P
 
 def test_ctrl_c_keeps_the_partial(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "b.tar"
-    p = subprocess.Popen(["ferry", "export", str(tree), "-o", str(out), "-q"])
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`pytest &` from a script)
+    # runs with SIGINT ignored, which its children inherit, and ferry rightly keeps an ignored SIGINT
+    p = subprocess.Popen(
+        ["ferry", "export", str(tree), "-o", str(out), "-q"],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         stopped_when(p, lambda: _partial_bytes(out, False) >= 10 << 20)
+        masks = [x for x in Path(f"/proc/{p.pid}/status").read_text().splitlines() if x.startswith("Sig")]
         p.send_signal(signal.SIGINT)
         resume(p)
-        assert p.wait(20) == 130
+        assert p.wait(20) == 130, masks
     finally:
         if p.poll() is None:
             p.kill()
