@@ -164,15 +164,19 @@ def wave(catalog: Catalog) -> dict[str, object]:
             if c.kind == kind
         ]
 
+    # what a base carried is counted by going through it, not through everything (120k manifests and
+    # 220k blobs at 100k tags, on every inspect)
+    carried_manifests = sum(1 for d in carried if d in catalog.manifests)
+    carried_blobs = sum(1 for d in carried if d in catalog.blobs)
     return {
         "delta": bool(carried),
         "bases": [{"bundleId": b.bundle_id, "created": b.created} for b in catalog.bases],
-        "manifestsNewCount": sum(1 for d in catalog.manifests if d not in carried),
-        "blobsNewCount": sum(1 for d in catalog.blobs if d not in carried),
+        "manifestsNewCount": len(catalog.manifests) - carried_manifests,
+        "blobsNewCount": len(catalog.blobs) - carried_blobs,
         "bytesNew": catalog.member_bytes,
         "carried": {
-            "manifestCount": sum(1 for d in catalog.manifests if d in carried),
-            "blobCount": sum(1 for d in catalog.blobs if d in carried),
+            "manifestCount": carried_manifests,
+            "blobCount": carried_blobs,
             "bytes": catalog.total_bytes - catalog.member_bytes,
         },
         "tagsNew": tags("new"),

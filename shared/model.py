@@ -254,8 +254,9 @@ class Catalog:
         b = self.blobs.get(digest)
         return b.size if b is not None else self.manifests[digest].size
 
-    @property
+    @functools.cached_property
     def total_bytes(self) -> int:
+        # cached: a catalog never changes, and at 100k tags this sum runs over 340k entries
         return sum(b.size for b in self.blobs.values()) + sum(m.size for m in self.manifests.values())
 
     @functools.cached_property
