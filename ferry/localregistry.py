@@ -26,6 +26,34 @@ OCI_ACCEPT = ",".join(
 )
 
 
+def s3_storage(driver: dict[str, str]) -> str:
+    """The ``storage`` lines of a docker-registry config for the s3 driver (``driver``: regionendpoint,
+    bucket, accesskey, secretkey, region, rootdirectory) against a plain-HTTP S3 server, blobs served by
+    the registry itself (no redirect to the S3 server)."""
+    return (
+        "  s3: {"
+        + ", ".join(f"{k}: {v}" for k, v in driver.items())
+        + ", secure: false, v4auth: true}\n  redirect: {disable: true}"
+    )
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float = 20) -> None:
+    """Return once the docker-registry ``proc`` answers ``url``/v2/ (a 401 under auth counts: it is up);
+    raise with the end of its ``log`` when it exits or ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"docker-registry exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/v2/", timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"docker-registry did not start in {seconds:.0f} s: {log.read_text()[-2000:]}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,13 +89,7 @@ class Registry:
             f"log: {{level: {os.environ.get('FERRY_REGISTRY_LOG', 'error')}, "
             f"accesslog: {{disabled: {'false' if self.access_log else 'true'}}}}}",
             "storage:",
-            (
-                "  s3: {"
-                + ", ".join(f"{k}: {v}" for k, v in self.s3.items())
-                + ", secure: false, v4auth: true}\n  redirect: {disable: true}"
-                if self.s3
-                else f"  filesystem: {{rootdirectory: {self.root}}}"
-            ),
+            s3_storage(self.s3) if self.s3 else f"  filesystem: {{rootdirectory: {self.root}}}",
             "  delete: {enabled: true}",
             f"http: {{addr: '127.0.0.1:{self.port}'}}",
         ]
@@ -98,18 +120,8 @@ class Registry:
                 stdout=log if self.access_log else subprocess.DEVNULL,
                 stderr=log,
             )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{self.url}/v2/", timeout=1)
-                return self
-            except urllib.error.HTTPError:
-                return self  # 401 with auth: it is up
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("docker-registry did not start in 20 s")
+        wait_until_serving(self.url, self.proc, self.log_path)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferry.localregistry import s3_storage, wait_until_serving
+
 #: ../shared/harbor beside the project (CI lays a copy of shared/ there; it is read-only)
 HARBOR_HOME = Path(__file__).resolve().parents[2].parent / "shared" / "harbor"
 
@@ -197,13 +199,9 @@ class RealHarbor:
         is edited and the registry restarted under the same port and token auth; its new pid replaces the
         old one in WORK/pids, so stop.sh still stops exactly what runs."""
         cfg = self.work / "registry.yml"
-        text = cfg.read_text()
-        lines = text.splitlines()
+        lines = cfg.read_text().splitlines()
         at = next(i for i, line in enumerate(lines) if line.startswith("  filesystem: "))
-        lines[at : at + 1] = [
-            "  s3: {" + ", ".join(f"{k}: {v}" for k, v in driver.items()) + ", secure: false, v4auth: true}",
-            "  redirect: {disable: true}",
-        ]
+        lines[at : at + 1] = s3_storage(driver).splitlines()
         cfg.write_text("\n".join(lines) + "\n")
         pids = (self.work / "pids").read_text().splitlines()
         old = next(int(line.split()[1]) for line in pids if line.startswith("registry "))
@@ -213,31 +211,22 @@ class RealHarbor:
             time.sleep(0.05)
         # as start.sh runs it: without REGISTRY_* (config overrides) and AWS_CA_BUNDLE (the driver panics)
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_") and k != "AWS_CA_BUNDLE"}
-        with open(self.work / "logs" / "registry.log", "ab") as log:
+        log = self.work / "logs" / "registry.log"
+        with open(log, "ab") as out:
             proc = subprocess.Popen(
                 ["docker-registry", "serve", str(cfg)],
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                stdout=out,
+                stderr=out,
                 start_new_session=True,
             )
         pids = [f"registry {proc.pid}" if line.startswith("registry ") else line for line in pids]
         (self.work / "pids").write_text("\n".join(pids) + "\n")
-        backend = self.env["REGISTRY_BACKEND_URL"].rstrip("/")
-        while True:
-            try:
-                urllib.request.urlopen(f"{backend}/v2/", timeout=1)
-                return
-            except urllib.error.HTTPError:
-                return  # 401: up, and asking for core's token
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline + 20:
-                    raise HarborUnavailable(
-                        "the registry on S3 did not start: "
-                        + (self.work / "logs" / "registry.log").read_text()[-2000:]
-                    ) from None
-                time.sleep(0.05)
+        try:
+            wait_until_serving(self.env["REGISTRY_BACKEND_URL"].rstrip("/"), proc, log)
+        except RuntimeError as e:
+            raise HarborUnavailable(f"the registry on S3 did not start: {e}") from None
 
     def stop(self) -> None:
         subprocess.run(
