@@ -274,11 +274,16 @@ def main() -> None:
         )
         results["waves"] = waves.run(tree, OUT / "waves-work", runs=min(RUNS, 3))
     picked = only.split(",") if only else []
-    if not only or "api" in picked or "api-200" in picked or "api-5000" in picked:
+
+    def wanted(part: str, label: str) -> bool:
+        """A part runs whole (``api``) or one size of it (``api-5000``)."""
+        return not only or part in picked or label in picked
+
+    if any(wanted("api", label) for label in ("api-200", "api-5000")):
         from bench import api
 
         for label, name in (("api-200", "push-200"), ("api-5000", "tags-5000")):
-            if only and "api" not in picked and label not in picked:
+            if not wanted("api", label):
                 continue
             tree = OUT / f"{name}-tree"
             if not (tree / ".facts.json").exists():
@@ -302,11 +307,11 @@ def main() -> None:
 
         print("benchmarking S3 clients (boto3, obstore) ...", file=sys.stderr)
         results["s3-clients"] = s3_clients.run()
-    if not only or "s3" in picked or "s3-200" in picked or "s3-5000" in picked:
+    if any(wanted("s3", label) for label in ("s3-200", "s3-5000")):
         from bench import api, s3
 
         for label, name in (("s3-200", "push-200"), ("s3-5000", "tags-5000")):
-            if only and "s3" not in picked and label not in picked:
+            if not wanted("s3", label):
                 continue
             tree = OUT / f"{name}-tree"
             if not (tree / ".facts.json").exists():

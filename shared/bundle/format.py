@@ -619,24 +619,21 @@ def _validate_names(catalog: Catalog, order: list[str], held: set[str]) -> None:
     for d, m in catalog.manifests.items():
         if carried and d in carried:
             for ref in (*m.blobs, *(c.digest for c in m.held_children)):
-                if ref not in catalog.carried:
+                if ref not in carried:
                     raise BundleFormatError(
                         f"the bundle index is inconsistent: {d} came with a base, but {ref}, which it "
                         "needs, did not"
                     )
             continue
         at = pos[d]
-        # the latest position of what it needs, found in C (map and max); the list of what comes late
-        # is made only when something does.  This runs for every manifest on every open (120k at 100k
+        # the latest position of what it needs, found in C (map and max); what comes late is looked
+        # for only when something does.  This runs for every manifest on every open (120k at 100k
         # tags); what a base carried has no position (-1)
         needs = m.blobs if not m.children else (*m.blobs, *(c.digest for c in m.held_children))
         if not needs or max(map(pos.get, needs, repeat(-1, len(needs)))) <= at:
             continue
-        late = [ref for ref in needs if pos.get(ref, -1) > at]
-        if late:
-            raise BundleFormatError(
-                f"the bundle index is inconsistent: {d} comes before {late[0]}, which it needs"
-            )
+        late = next(ref for ref in needs if pos.get(ref, -1) > at)
+        raise BundleFormatError(f"the bundle index is inconsistent: {d} comes before {late}, which it needs")
     names: set[str] = set()
     for r in catalog.repositories:
         problem = repository_problem(r.name)
@@ -725,8 +722,8 @@ def _manifest_from(digest: str, m: dict[str, Any]) -> Manifest:
             and size >= 0
             and type(blobs) is list
             # absent or an empty list (the encoder writes []); no other value equals []
-            and m.get("foreign", _NONE) == _NONE
-            and m.get("children", _NONE) == _NONE
+            and m.get("foreign", _EMPTY) == _EMPTY
+            and m.get("children", _EMPTY) == _EMPTY
             and not m.get("leftOut")
             and (subject is None or type(subject) is str)
             and (artifact is None or type(artifact) is str)
@@ -743,7 +740,7 @@ def _manifest_from(digest: str, m: dict[str, Any]) -> Manifest:
 
 
 #: compared with, never changed
-_NONE: list[Any] = []
+_EMPTY: list[Any] = []
 
 
 def _manifest_checked(digest: str, m: dict[str, Any]) -> Manifest:
