@@ -52,6 +52,22 @@ def test_an_order_listing_a_member_twice_or_not_at_all_is_refused() -> None:
             decode_index(_index(tamper))
 
 
+def test_an_order_with_a_manifest_before_a_blob_it_needs_is_refused() -> None:
+    """A streaming reader gets every blob before the manifests that need it: an index that says
+    otherwise names the manifest and the blob that comes too late."""
+    names: dict[str, str] = {}
+
+    def manifest_first(doc: dict[str, Any]) -> None:
+        (manifest,) = doc["manifests"]
+        names["manifest"] = manifest
+        doc["order"].remove(manifest)
+        doc["order"].insert(0, manifest)
+
+    with pytest.raises(BundleFormatError, match="comes before") as e:
+        decode_index(_index(manifest_first))
+    assert names["manifest"] in str(e.value)
+
+
 def test_a_reference_nothing_holds_or_a_digest_of_the_wrong_type_is_refused() -> None:
     def dangling(doc: dict[str, Any]) -> None:
         next(iter(doc["manifests"].values()))["blobs"].append("sha256:" + "b" * 64)
