@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,23 +31,97 @@ def _console(stderr: bool) -> Console:
     return Console(stderr=stderr, highlight=False, emoji=False)
 
 
+#: the variables by which rich may take a pipe for a terminal: when one is set, rich decides
+_TERMINAL_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "FORCE_TERMINAL")
+
+
+def _maybe_terminal(stream: Any) -> bool:
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        tty = False
+    return tty or any(k in os.environ for k in _TERMINAL_ENV)
+
+
+class _Plain:
+    """What rich's console prints to a pipe, for markup strings, without importing rich: its console costs
+    25 ms, a third of the start of a command that fails at once (``ferry verify missing.tar`` in a script).
+    Markup tags are dropped and escapes undone exactly as rich does (a test compares the two); lines are
+    never folded (rich folds a pipe at 80 columns unless ``soft_wrap``, which would cut a digest in two
+    for grep).  Anything but strings goes to rich."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+
+    def print(self, *objects: Any, soft_wrap: bool = False, **options: Any) -> None:
+        if options or not all(isinstance(o, str) for o in objects):
+            _console(self._stderr).print(*objects, soft_wrap=soft_wrap, **options)
+            return
+        stream = sys.stderr if self._stderr else sys.stdout
+        stream.write(" ".join(map(plain, objects)) + "\n")
+        stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_console(self._stderr), name)
+
+
+def _printer(stderr: bool) -> Console | _Plain:
+    # decided at each use, as rich decides at each print: tests and callers swap sys.stderr
+    if _maybe_terminal(sys.stderr if stderr else sys.stdout):
+        return _console(stderr)
+    return _Plain(stderr)
+
+
+#: rich's markup tag (rich.markup.RE_TAGS), with the backslashes that may escape it
+_TAG_RE = re.compile(r"((\\*)\[([a-z#/@][^[]*?)])")
+#: what rich.markup.escape escapes
+_ESCAPE_RE = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
+def plain(markup: str) -> str:
+    """The text rich shows for ``markup``: tags dropped, ``\\[`` shown as ``[``, pairs of backslashes
+    before a tag halved (rich.markup's parse, text only)."""
+    if "[" not in markup:
+        return markup
+    out: list[str] = []
+    pos = 0
+    for m in _TAG_RE.finditer(markup):
+        full, escapes, _ = m.groups()
+        start, end = m.span()
+        out.append(markup[pos:start])
+        pos = end
+        if escapes:
+            backslashes, escaped = divmod(len(escapes), 2)
+            out.append("\\" * backslashes)
+            if escaped:
+                out.append(full[len(escapes) :])
+    out.append(markup[pos:])
+    return "".join(out)
+
+
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 #: any of them but the tab (a table's separator)
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def _escape_backslashes(m: re.Match[str]) -> str:
+    return f"{m.group(1)}{m.group(1)}\\{m.group(2)}"
+
+
 def safe(text: object) -> str:
-    """Data (names, tags, paths, a registry's error text) as rich shows it literally: markup escaped and
+    """Data (names, tags, paths, a registry's error text) as rich shows it literally: markup escaped as
+    rich.markup.escape does (a test compares the two; importing rich for it cost every error 25 ms) and
     control characters written out (a tag ``v1\\n`` must not break the line it is reported on)."""
-    from rich.markup import escape
+    markup = _ESCAPE_RE.sub(_escape_backslashes, str(text).translate(_CONTROL))
+    if markup.endswith("\\") and not markup.endswith("\\\\"):
+        return markup + "\\"
+    return markup
 
-    return escape(str(text).translate(_CONTROL))
 
-
-def __getattr__(name: str) -> Console:
-    # ``render.err`` / ``render.out``: the consoles, created on first use
+def __getattr__(name: str) -> Console | _Plain:
+    # ``render.err`` / ``render.out``: rich's consoles on a terminal, plain text to a pipe
     if name in ("err", "out"):
-        return _console(name == "err")
+        return _printer(name == "err")
     raise AttributeError(name)
 
 
@@ -81,7 +156,7 @@ def render_error(e: FerryError, *, as_json: bool) -> None:
     if as_json:
         print_json({"ok": False, "error": e.to_dict()})
         return
-    err = _console(True)
+    err = _printer(True)
     err.print(f"[bold red]error[/] [dim]({e.code})[/]: {safe(e.message)}", soft_wrap=True)
     details = e.to_dict()
     for b in details.get("broken", []):  # type: ignore[attr-defined]
@@ -120,7 +195,7 @@ def render_error(e: FerryError, *, as_json: bool) -> None:
 @contextmanager
 def progress(enabled: bool) -> Iterator[ProgressCallback]:
     """A progress callback drawing bars on stderr, or a no-op when disabled or stderr is not a terminal."""
-    if not enabled or not _console(True).is_terminal:
+    if not enabled or not _maybe_terminal(sys.stderr) or not _console(True).is_terminal:
         yield no_progress
         return
     from rich.progress import (
@@ -176,7 +251,7 @@ def progress(enabled: bool) -> Iterator[ProgressCallback]:
 @contextmanager
 def status(enabled: bool, what: str) -> Iterator[None]:
     """A spinner on stderr for work that has no byte count (fetching a kit), when stderr is a terminal."""
-    if not enabled or not _console(True).is_terminal:
+    if not enabled or not _maybe_terminal(sys.stderr) or not _console(True).is_terminal:
         yield
         return
     with _console(True).status(what):
@@ -186,7 +261,7 @@ def status(enabled: bool, what: str) -> Iterator[None]:
 def table(title: str, columns: list[str], rows: Iterable[Sequence[object]]) -> None:
     """A table on a terminal; tab-separated lines, one per row, anywhere else (for grep, cut and awk:
     a table folded to 80 columns would break a digest across lines)."""
-    if not _console(False).is_terminal:
+    if not _maybe_terminal(sys.stdout) or not _console(False).is_terminal:
         write = sys.stdout.write
         write("\t".join(columns) + "\n")
         lines: list[str] = []

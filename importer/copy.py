@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ferry.shared.bundle.format import INDEX_MEMBER
 from ferry.shared.bundle.source import open_source
-from ferry.shared.bundle.tario import volume_name
+from ferry.shared.bundle.volumes import volume_name
 from ferry.shared.progress import ProgressCallback, no_progress
 from ferry.shared.registry.client import ClientConfig, RegistryClient, connect
 from ferry.shared.registry.source import RegistryScanOptions, RegistrySource, scan_registry

@@ -28,16 +28,18 @@ the kernel's death signal fires when the forking *thread* exits.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import multiprocessing
 import os
-import pickle
 import signal
 import sys
 import weakref
 from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+# multiprocessing, ctypes and pickle are imported where a worker starts: every command that may fork
+# imports this module, and a command that fails at once (a missing bundle) must not pay 20 ms for them
 
 from .errors import FerryError
 
@@ -87,6 +89,8 @@ class Channel:
 
 class Worker:
     def __init__(self, target: Callable[..., Any], *args: Any, name: str) -> None:
+        import multiprocessing
+
         ctx = multiprocessing.get_context("fork")
         self._conn, child = ctx.Pipe(duplex=True)
         self.name = name
@@ -197,6 +201,8 @@ def _child_main(target: Callable[..., Any], args: tuple[Any, ...], conn: Connect
         message = fallback = (_ERROR, (None, 0, f"{type(e).__name__}: {e}", ""))
     else:
         fallback = message
+    import pickle
+
     with contextlib.suppress(OSError):
         try:
             conn.send(message)
@@ -210,6 +216,8 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def _die_with_parent(parent: int) -> None:
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

@@ -129,3 +129,47 @@ def test_tab_separated_rows_write_control_characters_out(capsys: pytest.CaptureF
     render.table("t", ["a", "b"], [["x", "y"], ["v1\tx", "n\nl"], ["esc\x1b[31m", 3]])
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["a\tb", "x\ty", "v1\\x09x\tn\\x0al", "esc\\x1b[31m\t3"]
+
+
+HOSTILE = (
+    "plain",
+    "library/alpine:link",
+    "[bold]not markup[/bold]",
+    "a[b]c",
+    "tag\\",
+    "x\\[red]y",
+    "x\\\\[red]y",
+    "ends\\\\",
+    "[/]",
+    "v1\nv2\r\x07\x1b[31m",
+    "emoji :link: [@click=x]",
+)
+
+
+def test_plain_text_off_a_terminal_is_what_rich_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """Off a terminal, messages are written without rich (its import cost a third of a failing command's
+    start); what is written must be exactly what rich's console writes to a pipe, also for hostile data."""
+    import io
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ferry import render
+
+    for text in HOSTILE:
+        assert render.safe(text) == escape(text.translate(render._CONTROL)), text
+    lines = [
+        f"[bold red]error[/] [dim](code)[/]: {render.safe(t)} [dim]{render.safe(f'[volume {t}]')}[/]"
+        for t in HOSTILE
+    ] + ["[yellow]hint[/]: a \\[literal] bracket", "no tags at all", "[green]ok[/] \\\\[red]two backslashes"]
+    for line in lines:
+        rich = io.StringIO()
+        Console(file=rich, highlight=False, emoji=False, force_terminal=False).print(line, soft_wrap=True)
+        render._Plain(False).print(line, soft_wrap=True)
+        assert capsys.readouterr().out == rich.getvalue(), line
+    # and a failing command off a terminal never imports rich's console
+    code = "import sys; from ferry.cli import main; sys.argv = ['ferry', 'verify', 'missing.tar']\n"
+    code += "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'rich.console' in sys.modules)"
+    done = subprocess.run(["python", "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.split() == ["2", "False"], done
+    assert done.stderr.startswith("error (source-not-found): missing.tar: no such bundle"), done.stderr

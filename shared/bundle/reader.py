@@ -24,7 +24,8 @@ from .format import (
     decode_trailer,
     member_digest,
 )
-from .tario import BLOCK, RECORD, VolumeSet, find_volumes, iter_members, volume_name_after
+from .tario import BLOCK, RECORD, VolumeSet, iter_members
+from .volumes import find_volumes, volume_name_after
 
 
 @dataclass(frozen=True)

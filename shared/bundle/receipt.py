@@ -16,7 +16,7 @@ from ..digest import xxh3_of
 from ..errors import BundleDamaged, BundleFormatError, OutputError, SourceNotFound, UsageError
 from .format import INDEX_MAX, decode_index
 from .reader import Bundle
-from .tario import volume_name
+from .volumes import volume_name
 
 #: a zstandard frame starts so; a tar (a bundle) starts with a member name
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

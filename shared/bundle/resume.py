@@ -34,7 +34,8 @@ from .format import (
     member_digest,
     oci_index,
 )
-from .tario import BLOCK, VolumeSet, tar_header, volume_name
+from .tario import BLOCK, VolumeSet, tar_header
+from .volumes import volume_name
 
 log = logging.getLogger(__name__)
 

@@ -15,34 +15,34 @@ import io
 import logging
 import mmap
 import os
-import re
 import sys
-import tarfile
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import (
-    BundleDamaged,
     BundleFormatError,
     DiskFull,
     OutputError,
     SourceChanged,
-    SourceNotFound,
     SourceUnreadable,
     UsageError,
 )
 from ..kcopy import KernelCopy
 from ..storage.fs import Extent
+from .volumes import volume_name
+
+if TYPE_CHECKING:
+    import tarfile
+
+# tarfile (10 ms) is imported where a header is built the long way or a tar is read: a command that fails
+# before it opens a bundle does neither
 
 log = logging.getLogger(__name__)
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default blocking: archives end on a 10 KiB record, as tar -cf writes them
-
-
-def volume_name(path: Path, n: int) -> Path:
-    return path.with_name(f"{path.name}.{n:03d}")
 
 
 #: the fields of a ferry member's ustar header after mtime, as tarfile writes them: type ``0``, no link
@@ -65,6 +65,8 @@ def tar_header(name: str, size: int, mtime: int) -> bytes:
             + b"%011o\0%011o\0" % (size, mtime)
         )
         return head + b"%06o\0 " % (sum(head) + _USTAR_TAIL_SUM) + _USTAR_TAIL
+    import tarfile
+
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode = size, mtime, 0o644
     ti.uname = ti.gname = "root"
@@ -264,50 +266,6 @@ class Volume:
     size: int
 
 
-_VOL_RE = re.compile(r"^(.*)\.(\d{3})$")
-
-
-def find_volumes(path: Path) -> list[Path]:
-    """The files that make up the bundle ``path`` names: itself, or ``X.000``, ``X.001``, … when ``path``
-    is ``X`` (absent) or any volume of the set.  A gap in the numbering is named (a missing middle volume
-    would otherwise look like a bundle truncated at the volume before it)."""
-    if path.is_file():
-        m = _VOL_RE.match(path.name)
-        if not m:
-            return [path]
-        base = path.with_name(m.group(1))
-    elif volume_name(path, 0).is_file():
-        base = path
-    else:
-        raise SourceNotFound(f"{path}: no such bundle (nor {volume_name(path, 0).name})")
-    first = volume_name(base, 0)
-    numbers = sorted(
-        int(m.group(2))
-        for name in os.listdir(base.parent or ".")
-        if (m := _VOL_RE.match(name))
-        and m.group(1) == base.name
-        and volume_name(base, int(m.group(2))).is_file()
-    )
-    if not numbers or numbers[0] != 0:
-        raise SourceNotFound(f"{first}: the first volume of this set is missing")
-    gaps = sorted(set(range(numbers[-1] + 1)) - set(numbers))
-    if gaps:
-        names = [volume_name(base, n).name for n in gaps]
-        what = f"volume{'s' if len(names) > 1 else ''} {', '.join(names)} missing from the set"
-        raise BundleDamaged(
-            f"{base}: {what} (found {len(numbers)} of {numbers[-1] + 1})",
-            tuple({"member": None, "problem": "volume missing", "volumes": [n]} for n in names),
-            hint="Copy the missing volume(s) from the origin, then run `ferry verify` again.",
-        )
-    return [volume_name(base, n) for n in numbers]
-
-
-def volume_name_after(path: Path) -> str:
-    """The name of the volume after ``X.NNN``."""
-    m = _VOL_RE.match(path.name)
-    return volume_name(path.with_name(m.group(1)), int(m.group(2)) + 1).name if m else path.name + ".001"
-
-
 class VolumeSet(io.RawIOBase):
     """Seekable read-only view of one or more volume files as a single byte stream."""
 
@@ -447,6 +405,8 @@ class VolumeSet(io.RawIOBase):
 
 def iter_members(stream: VolumeSet) -> Generator[tarfile.TarInfo, None, None]:
     """Regular-file members of the tar in order; damage becomes a :class:`BundleFormatError`."""
+    import tarfile
+
     stream.seek(0)
     try:
         with tarfile.open(fileobj=stream, mode="r:") as tf:
@@ -469,10 +429,7 @@ __all__ = [
     "BundleOutput",
     "Volume",
     "VolumeSet",
-    "find_volumes",
     "iter_members",
     "padding",
     "tar_header",
-    "volume_name",
-    "volume_name_after",
 ]

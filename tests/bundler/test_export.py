@@ -13,7 +13,7 @@ import pytest
 
 from ferry.bundler.export import ExportOptions, run
 from ferry.shared.bundle.reader import Bundle
-from ferry.shared.bundle.tario import find_volumes
+from ferry.shared.bundle.volumes import find_volumes
 from ferry.shared.errors import BrokenImages, NotAStorageTree, OutputError, UsageError
 from ferry.shared.manifest import MediaType
 from ferry.shared.progress import Progress

@@ -22,7 +22,7 @@ from ferry.cli import app
 from ferry.shared.bundle.format import blob_member
 from ferry.shared.bundle.reader import Bundle
 from ferry.shared.bundle.resume import Partial, find_partial, partial_name
-from ferry.shared.bundle.tario import find_volumes, volume_name
+from ferry.shared.bundle.volumes import find_volumes, volume_name
 from tests.support.catch import resume, stopped_when
 from tests.support.checks import validate_bundle
 from tests.support.mounts import tmpfs

@@ -20,7 +20,7 @@ from ferry.importer.harbor1 import HarborAccess
 from ferry.importer.restore import RestoreOptions
 from ferry.importer.restore import run as restore
 from ferry.shared.bundle.reader import Bundle
-from ferry.shared.bundle.tario import find_volumes
+from ferry.shared.bundle.volumes import find_volumes
 from ferry.shared.errors import BundleDamaged, BundleFormatError, OutputError, UsageError
 from ferry.shared.storage.reader import Selection
 from ferry.shared.storage.writer import Owner

@@ -19,7 +19,7 @@ from ferry.importer.verify import VerifyOptions
 from ferry.importer.verify import run as verify
 from ferry.shared.bundle.format import blob_member
 from ferry.shared.bundle.reader import Bundle, plan_from_trailer
-from ferry.shared.bundle.tario import find_volumes
+from ferry.shared.bundle.volumes import find_volumes
 from ferry.shared.errors import BundleDamaged, BundleFormatError, BundleVersionError, SourceNotFound
 from ferry.shared.storage.reader import Selection
 from tests.support.zoo import Zoo

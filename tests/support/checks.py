@@ -17,7 +17,7 @@ from ferry.shared.bundle.format import (
     blob_member,
 )
 from ferry.shared.bundle.reader import Bundle
-from ferry.shared.bundle.tario import find_volumes
+from ferry.shared.bundle.volumes import find_volumes
 from ferry.shared.model import Catalog
 
 
