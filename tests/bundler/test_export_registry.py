@@ -237,3 +237,26 @@ def test_referrers_come_with_untagged_from_a_registry_that_has_the_api(
         zoo.registry.url, tmp_path / "z.tar", selection=Selection(include=("team/app",), untagged=True)
     )
     assert plain.untagged == 0 and plain.notes
+
+
+@pytest.mark.parametrize("source", ["tree", "api"])
+def test_progress_moves_from_the_first_moment(zoo: Zoo, tmp_path: Path, source: str) -> None:
+    """The walk reports what it found as it goes (images from a tree, manifests from a registry), before any
+    byte is copied: a long walk must not look like a hang."""
+    from ferry.shared.progress import Progress
+
+    events: list[Progress] = []
+    out = tmp_path / "b.tar"
+    if source == "tree":
+        r = export(ExportOptions(root=zoo.root, output=out), on_progress=events.append)
+    else:
+        r = export(
+            ExportOptions(root=Path("."), output=out, registry=ClientConfig(url=zoo.registry.url)),
+            on_progress=events.append,
+        )
+    first_copy = next(i for i, e in enumerate(events) if e.phase == "copy")
+    walk = [e for e in events[:first_copy] if e.phase == "scan"]
+    assert events[0].phase == "scan" and events[0].unit == ("images" if source == "tree" else "manifests")
+    counts = [e.done for e in walk]
+    assert counts == sorted(counts) and len(set(counts)) > 3, counts
+    assert counts[-1] >= r.tags and not any(e.phase == "scan" for e in events[first_copy:])
