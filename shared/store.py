@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, cast, runtime_checkable
+from typing import BinaryIO, Literal, Protocol, cast, runtime_checkable
 
 from .model import Catalog, Manifest
 from .storage.fs import Extent, ExtentsReader
@@ -111,4 +111,13 @@ class DeltaSink(Protocol):
     def put_carried(self, repos: Sequence[str], digest: str) -> None: ...
 
 
-__all__ = ["BlobContent", "DeltaSink", "ImageSink", "ImageSource", "SinkResult"]
+@runtime_checkable
+class RepositoryBlind(Protocol):
+    """A sink that has no use for ``repos`` (a bundle: its index already says which repository holds
+    what).  The copy then passes ``()`` and does not work out who holds each digest: a list per digest,
+    0.4 KiB a tag that an export of 100k tags held to the end."""
+
+    repository_blind: Literal[True]
+
+
+__all__ = ["BlobContent", "DeltaSink", "ImageSink", "ImageSource", "RepositoryBlind", "SinkResult"]

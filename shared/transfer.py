@@ -7,14 +7,16 @@ import logging
 from .delta import base_missing
 from .errors import UsageError
 from .progress import Progress, ProgressCallback, no_progress
-from .store import DeltaSink, ImageSink, ImageSource, SinkResult
+from .store import DeltaSink, ImageSink, ImageSource, RepositoryBlind, SinkResult
 
 log = logging.getLogger(__name__)
 
 
 def copy(source: ImageSource, sink: ImageSink, *, on_progress: ProgressCallback = no_progress) -> SinkResult:
     catalog = source.catalog
-    holders = catalog.repositories_holding()
+    holders: dict[str, list[str]] = (
+        {} if isinstance(sink, RepositoryBlind) else catalog.repositories_holding()
+    )
     total = catalog.member_bytes
     done = files = 0
     if catalog.carried:
@@ -32,10 +34,10 @@ def copy(source: ImageSource, sink: ImageSink, *, on_progress: ProgressCallback 
         if catalog.carried:
             assert isinstance(sink, DeltaSink)
             for d in catalog.carried_order():
-                sink.put_carried(holders.get(d, []), d)
+                sink.put_carried(holders.get(d, ()), d)
         on_progress(Progress("copy", 0, total))
         for content in source.contents():
-            repos = holders.get(content.digest, [])
+            repos = holders.get(content.digest, ())
             manifest = catalog.manifests.get(content.digest)
             if manifest is not None:
                 sink.put_manifest(repos, manifest, content)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, Literal, cast
 
 import xxhash
 
@@ -38,6 +38,9 @@ class BundleSink:
     known (or soon known: ``xxh3_later``) ``xxh3`` is copied by the kernel without being read here; anything else is hashed while copied and
     a mismatch aborts the bundle.
     """
+
+    #: the index names the repositories (:class:`~ferry.shared.store.RepositoryBlind`)
+    repository_blind: Literal[True] = True
 
     def __init__(
         self,
