@@ -183,6 +183,56 @@ class _Lister:
         log.info("listed %d repositories through Harbor's API", len(repos))
         return sorted(set(repos))
 
+    def harbor_untagged(self, repos: list[str], pool: ThreadPoolExecutor) -> dict[str, list[str]] | None:
+        """repository -> the digests of its manifests no tag points to, where the registry is Harbor 2
+        (its artifact API lists them: ``q=tags=nil``); None anywhere else (the V2 API cannot see them).
+        Harbor is told by its system info, which any account (or none) may read."""
+        c = self.client
+        try:
+            info = c.request("GET", c.url("/api/v2.0/systeminfo"), expect=(200,), what="Harbor's system info")
+            if not isinstance(info.json(), dict) or "auth_mode" not in info.json():
+                return None
+        except (RegistryError, ValueError):
+            return None
+
+        def untagged(repo: str) -> list[str]:
+            project, _, rest = repo.partition("/")
+            if not rest:
+                return []
+            # Harbor takes a repository name with slashes only encoded twice (a/b as a%252Fb)
+            name = urllib.parse.quote(urllib.parse.quote(rest, safe=""), safe="")
+            found: list[str] = []
+            page = 1
+            while True:
+                try:
+                    r = self._get(
+                        c.url(
+                            f"/api/v2.0/projects/{urllib.parse.quote(project, safe='')}/repositories/{name}"
+                            f"/artifacts?q=tags%3Dnil&page={page}&page_size=100"
+                        ),
+                        f"list the untagged artifacts of {repo}",
+                    )
+                except RegistryError as e:
+                    if e.status not in (401, 403, 404):
+                        raise
+                    # a repository the V2 API shows but this account may not list: its tags still come
+                    log.info("Harbor does not list the artifacts of %s to this account (%s)", repo, e.status)
+                    return found
+                try:
+                    batch = r.json()
+                    found += [str(a["digest"]) for a in batch if not a.get("tags")]
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise RegistryError(
+                        f"list the untagged artifacts of {repo}: Harbor answered something unexpected"
+                    ) from None
+                if len(batch) < 100:
+                    return found
+                page += 1
+
+        listed = dict(zip(repos, pool.map(untagged, repos)))
+        log.info("Harbor lists %d untagged artifacts", sum(map(len, listed.values())))
+        return {repo: ds for repo, ds in listed.items() if ds}
+
     def tags(self, repo: str) -> list[str]:
         try:
             return sorted(
@@ -203,6 +253,14 @@ class _Fetched:
     raw: bytes | None
     info: ManifestInfo | None
     problem: str | None = None
+
+
+#: said once by an export with --untagged from a registry that is not Harbor
+UNTAGGED_INVISIBLE = (
+    "manifests no tag points to are invisible through the registry API, except those that refer to an "
+    "exported one (found through the referrers API where the registry has it); the others were not "
+    "exported: `ferry export` of the registry's storage tree (on its host) counts and includes them"
+)
 
 
 def scan_registry(
@@ -294,9 +352,21 @@ def scan_registry(
                     ]
 
         fetch_by_digest(pending)
-        # with --untagged: what refers to an exported manifest (OCI 1.1 ``subject``: signatures, SBOMs),
-        # found through the referrers API where the registry has one; nothing else untagged can be seen
+        # untagged manifests: Harbor lists them (its artifact API), as the storage-tree walk finds them;
+        # through the V2 API alone only what refers to an exported manifest (OCI 1.1 ``subject``:
+        # signatures, SBOMs) can be found, with the referrers API where the registry has one
+        harbor = lister.harbor_untagged([r for r in repos if sel.wants(r, None)], pool)
+        unreached = {
+            repo: left
+            for repo, ds in (harbor or {}).items()
+            if (left := [d for d in ds if d not in by_repo.get(repo, set())])
+        }
+        if sel.untagged:
+            fetch_by_digest([(repo, d) for repo, ds in unreached.items() for d in ds])
         loose = _referrers(client, pool, by_repo, fetch_by_digest) if sel.untagged else {}
+        if sel.untagged:
+            for repo, ds in unreached.items():
+                loose.setdefault(repo, set()).update(ds)
         for repo in list(loose):
             if not sel.wants(repo, None):
                 del loose[repo]
@@ -346,7 +416,17 @@ def scan_registry(
         extra = sorted(loose[repo])
         all_roots[at:at] = [(repo, None) for _ in extra]
         all_tops[at:at] = [(d, fetched[d]) for d in extra]
-    return _build(all_roots, all_tops, fetched, sizes, skipped, options, present)
+    if harbor is None:
+        note = UNTAGGED_INVISIBLE if sel.untagged else None
+    elif not sel.untagged and unreached:
+        n = sum(map(len, unreached.values()))
+        note = (
+            f"{n} manifests that no tag reaches (untagged; Harbor's artifact API lists them) were left out: "
+            "--untagged exports them by digest"
+        )
+    else:
+        note = None
+    return _build(all_roots, all_tops, fetched, sizes, skipped, options, present, note)
 
 
 def _referrers(
@@ -405,6 +485,7 @@ def _build(
     skipped: list[Skipped],
     options: RegistryScanOptions,
     present: set[str],
+    note: str | None,
 ) -> RegistryScan:
     """The catalog in the storage-tree walk's order (see :mod:`ferry.shared.storage.reader`); ``present``: the
     foreign layers the registry has the bytes of."""
@@ -501,13 +582,6 @@ def _build(
         held = dict.fromkeys(x for _, _, c in rs for x in c if x in manifests)
         tags = {t: d for t, d, _ in rs if t is not None}
         repositories.append(Repository(name, tags, tuple(held), tuple(d for t, d, _ in rs if t is None)))
-    note = None
-    if options.selection.untagged:
-        note = (
-            "manifests no tag points to are invisible through the registry API, except those that refer to "
-            "an exported one (found through the referrers API where the registry has it); the others were "
-            "not exported: `ferry export` of the registry's storage tree (on its host) includes them"
-        )
     return RegistryScan(Catalog(tuple(repositories), manifests, blobs, tuple(skipped)), raw, where, note)
 
 

@@ -210,8 +210,8 @@ def test_real_harbor_as_the_source(harbor29: RealHarbor, zoo: Zoo, tmp_path: Pat
 def test_referrers_come_with_untagged_from_a_registry_that_has_the_api(
     harbor29: RealHarbor, zoo: Zoo, tmp_path: Path
 ) -> None:
-    """The zoo's SBOM refers to team/app:v1 (``subject``) and has no tag: Harbor 2.9's referrers API
-    finds it; docker-registry 2.8 has no such API, and the export says what it could not see."""
+    """The zoo's SBOM refers to team/app:v1 (``subject``) and has no tag: Harbor 2.9 finds it (referrers
+    and artifact API); docker-registry 2.8 has no such API, and the export says what it could not see."""
     project = harbor29.project()
     src = tmp_path / "app.tar"
     export(
@@ -231,7 +231,7 @@ def test_referrers_come_with_untagged_from_a_registry_that_has_the_api(
     catalog = validate_bundle(out)
     repo = next(x for x in catalog.repositories if x.name == f"{project}/app")
     assert set(repo.untagged) == zoo.untagged["team/app"]
-    assert result.notes  # the other untagged manifests cannot be seen through the API
+    assert not result.notes  # Harbor lists its untagged manifests (artifact API): none was left unseen
     # the registry without the API: tags only, and the same note
     plain = _api(
         zoo.registry.url, tmp_path / "z.tar", selection=Selection(include=("team/app",), untagged=True)
@@ -260,3 +260,45 @@ def test_progress_moves_from_the_first_moment(zoo: Zoo, tmp_path: Path, source: 
     counts = [e.done for e in walk]
     assert counts == sorted(counts) and len(set(counts)) > 3, counts
     assert counts[-1] >= r.tags and not any(e.phase == "scan" for e in events[first_copy:])
+
+
+def test_untagged_manifests_on_harbor_are_counted_and_exported_with_untagged(
+    harbor29: RealHarbor, zoo: Zoo, tmp_path: Path
+) -> None:
+    """Through the V2 API an untagged manifest cannot be seen; Harbor's artifact API lists them.  A tag
+    moved to another image leaves the first one untagged in Harbor: the export without --untagged counts
+    it in its note, and with --untagged exports it by digest, as the storage-tree export would."""
+    project = harbor29.project()
+
+    def copy(ref: str, dest: str) -> None:
+        skopeo(
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            f"{harbor29.username}:{harbor29.password}",
+            f"docker://{zoo.registry.host}/{ref}",
+            f"docker://{harbor29.host}/{project}/{dest}",
+        )
+
+    copy("team/app:v1", "app:x")
+    copy("team/app:v2", "app:x")  # v1 stays in Harbor, untagged
+    copy("multi:latest", "app:multi")  # an index: its children are reached, not untagged
+    left = zoo.served["team/app"]["v1"]
+    creds = Credentials(harbor29.username, harbor29.password)
+    only = Selection(include=(f"{project}/*",))
+    r = _api(harbor29.url, tmp_path / "tags.tar", credentials=creds, selection=only)
+    (note,) = r.notes
+    assert note.startswith("1 manifests that no tag reaches") and "--untagged" in note, note
+    assert left not in validate_bundle(tmp_path / "tags.tar").manifests
+    every = Selection(include=(f"{project}/*",), untagged=True)
+    r = _api(harbor29.url, tmp_path / "all.tar", credentials=creds, selection=every)
+    catalog = validate_bundle(tmp_path / "all.tar")
+    (repo,) = catalog.repositories
+    assert repo.untagged == (left,) and repo.tags == {
+        "x": zoo.served["team/app"]["v2"],
+        "multi": zoo.served["multi"]["latest"],
+    }
+    assert not r.notes  # Harbor listed every untagged manifest: nothing was left unseen
