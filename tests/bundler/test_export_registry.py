@@ -177,6 +177,21 @@ def test_broken_downloads_resume_and_nothing_corrupt_lands(
     assert len(ranges) > len(Bundle.open(out).catalog.blobs)  # some downloads went on after a break
 
 
+def _to_harbor(harbor: RealHarbor, zoo: Zoo, ref: str, dest: str) -> None:
+    """A zoo image into Harbor as an administrator, digests kept."""
+    skopeo(
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        f"{harbor.username}:{harbor.password}",
+        f"docker://{zoo.registry.host}/{ref}",
+        f"docker://{harbor.host}/{dest}",
+    )
+
+
 def test_real_harbor_as_the_source(harbor29: RealHarbor, zoo: Zoo, tmp_path: Path) -> None:
     """Token auth; a project member who is not an administrator: Harbor refuses them the catalog, so the
     repositories come from its projects API."""
@@ -184,17 +199,7 @@ def test_real_harbor_as_the_source(harbor29: RealHarbor, zoo: Zoo, tmp_path: Pat
     user, pw = harbor29.user()
     harbor29.member(project, user)
     for ref in ("team/app:v1", "multi:latest"):
-        skopeo(
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            f"{harbor29.username}:{harbor29.password}",
-            f"docker://{zoo.registry.host}/{ref}",
-            f"docker://{harbor29.host}/{project}/{ref.replace('/', '-')}",
-        )
+        _to_harbor(harbor29, zoo, ref, f"{project}/{ref.replace('/', '-')}")
     out = tmp_path / "h.tar"
     r = _api(harbor29.url, out, credentials=Credentials(user, pw))
     catalog = validate_bundle(out)
@@ -269,23 +274,9 @@ def test_untagged_manifests_on_harbor_are_counted_and_exported_with_untagged(
     moved to another image leaves the first one untagged in Harbor: the export without --untagged counts
     it in its note, and with --untagged exports it by digest, as the storage-tree export would."""
     project = harbor29.project()
-
-    def copy(ref: str, dest: str) -> None:
-        skopeo(
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            f"{harbor29.username}:{harbor29.password}",
-            f"docker://{zoo.registry.host}/{ref}",
-            f"docker://{harbor29.host}/{project}/{dest}",
-        )
-
-    copy("team/app:v1", "app:x")
-    copy("team/app:v2", "app:x")  # v1 stays in Harbor, untagged
-    copy("multi:latest", "app:multi")  # an index: its children are reached, not untagged
+    _to_harbor(harbor29, zoo, "team/app:v1", f"{project}/app:x")
+    _to_harbor(harbor29, zoo, "team/app:v2", f"{project}/app:x")  # v1 stays in Harbor, untagged
+    _to_harbor(harbor29, zoo, "multi:latest", f"{project}/app:multi")  # its children are reached
     left = zoo.served["team/app"]["v1"]
     creds = Credentials(harbor29.username, harbor29.password)
     only = Selection(include=(f"{project}/*",))
