@@ -19,6 +19,9 @@ Who verifies: a :class:`BlobContent` with ``verified=True`` was hashed against i
 (the storage-tree scan does this before anything is written, or while the walk and the copy go on,
 raising at the end of ``contents()`` so the sink aborts); otherwise the sink must hash what it writes and
 discard partial data on a mismatch.  ``xxh3`` is the bundle-internal checksum, when the source knows it.
+
+Optional abilities, each its own small Protocol: :class:`DeltaSink` (takes a delta) and
+:class:`RepositoryBlind` (is given no ``repos``).
 """
 
 from __future__ import annotations
@@ -114,8 +117,8 @@ class DeltaSink(Protocol):
 @runtime_checkable
 class RepositoryBlind(Protocol):
     """A sink that has no use for ``repos`` (a bundle: its index already says which repository holds
-    what).  The copy then passes ``()`` and does not work out who holds each digest: a list per digest,
-    0.4 KiB a tag that an export of 100k tags held to the end."""
+    what), when ``repository_blind`` is True.  The copy then passes ``()`` and does not work out who
+    holds each digest: a list per digest, 12 MiB of the peak of an export of 100k tags."""
 
     repository_blind: Literal[True]
 

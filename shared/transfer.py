@@ -14,9 +14,8 @@ log = logging.getLogger(__name__)
 
 def copy(source: ImageSource, sink: ImageSink, *, on_progress: ProgressCallback = no_progress) -> SinkResult:
     catalog = source.catalog
-    holders: dict[str, list[str]] = (
-        {} if isinstance(sink, RepositoryBlind) else catalog.repositories_holding()
-    )
+    blind = isinstance(sink, RepositoryBlind) and sink.repository_blind
+    holders: dict[str, list[str]] = {} if blind else catalog.repositories_holding()
     total = catalog.member_bytes
     done = files = 0
     if catalog.carried:
