@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import httpx
 
@@ -144,40 +144,38 @@ class _Lister:
                 "registry lists them to.",
             ) from None
 
+    def _once(self, url: str, what: str) -> httpx.Response:
+        return self.client.request("GET", url, expect=(200,), what=what)
+
+    def _harbor_pages(self, path: str, what: str, get: Callable[[str, str], httpx.Response]) -> Iterator[Any]:
+        """Each page of one of Harbor's lists (``page``, 100 to a page), decoded, until a short one;
+        ``get`` fetches one (with or without retries)."""
+        page = 1
+        while True:
+            sep = "&" if "?" in path else "?"
+            batch = get(self.client.url(f"{path}{sep}page={page}&page_size=100"), what).json()
+            yield batch
+            if len(batch) < 100:
+                return
+            page += 1
+
     def _harbor_repositories(self) -> list[str] | None:
         """Harbor lists the catalog to system administrators only; its API lists every project and
         repository this account may see."""
-        c = self.client
         try:
-            projects: list[str] = []
-            page = 1
-            while True:
-                r = c.request(
-                    "GET",
-                    c.url(f"/api/v2.0/projects?page={page}&page_size=100"),
-                    expect=(200,),
-                    what="list projects",
+            projects = [
+                str(p["name"])
+                for batch in self._harbor_pages("/api/v2.0/projects", "list projects", self._once)
+                for p in batch
+            ]
+            repos = [
+                str(x["name"])
+                for p in projects
+                for batch in self._harbor_pages(
+                    f"/api/v2.0/projects/{p}/repositories", f"list repositories of {p}", self._once
                 )
-                batch = r.json()
-                projects += [str(p["name"]) for p in batch]
-                if len(batch) < 100:
-                    break
-                page += 1
-            repos: list[str] = []
-            for p in projects:
-                page = 1
-                while True:
-                    r = c.request(
-                        "GET",
-                        c.url(f"/api/v2.0/projects/{p}/repositories?page={page}&page_size=100"),
-                        expect=(200,),
-                        what=f"list repositories of {p}",
-                    )
-                    batch = r.json()
-                    repos += [str(x["name"]) for x in batch]
-                    if len(batch) < 100:
-                        break
-                    page += 1
+                for x in batch
+            ]
         except (RegistryError, ValueError, KeyError, TypeError):
             return None
         log.info("listed %d repositories through Harbor's API", len(repos))
@@ -187,12 +185,11 @@ class _Lister:
         """repository -> the digests of its manifests no tag points to, where the registry is Harbor 2
         (its artifact API lists them: ``q=tags=nil``); None anywhere else (the V2 API cannot see them).
         Harbor is told by its system info, which any account (or none) may read."""
-        c = self.client
         try:
-            info = c.request("GET", c.url("/api/v2.0/systeminfo"), expect=(200,), what="Harbor's system info")
-            if not isinstance(info.json(), dict) or "auth_mode" not in info.json():
-                return None
+            info = self._once(self.client.url("/api/v2.0/systeminfo"), "Harbor's system info").json()
         except (RegistryError, ValueError):
+            return None
+        if not isinstance(info, dict) or "auth_mode" not in info:
             return None
 
         def untagged(repo: str) -> list[str]:
@@ -201,33 +198,20 @@ class _Lister:
                 return []
             # Harbor takes a repository name with slashes only encoded twice (a/b as a%252Fb)
             name = urllib.parse.quote(urllib.parse.quote(rest, safe=""), safe="")
+            path = f"/api/v2.0/projects/{urllib.parse.quote(project, safe='')}/repositories/{name}/artifacts"
+            what = f"list the untagged artifacts of {repo}"
             found: list[str] = []
-            page = 1
-            while True:
-                try:
-                    r = self._get(
-                        c.url(
-                            f"/api/v2.0/projects/{urllib.parse.quote(project, safe='')}/repositories/{name}"
-                            f"/artifacts?q=tags%3Dnil&page={page}&page_size=100"
-                        ),
-                        f"list the untagged artifacts of {repo}",
-                    )
-                except RegistryError as e:
-                    if e.status not in (401, 403, 404):
-                        raise
-                    # a repository the V2 API shows but this account may not list: its tags still come
-                    log.info("Harbor does not list the artifacts of %s to this account (%s)", repo, e.status)
-                    return found
-                try:
-                    batch = r.json()
+            try:
+                for batch in self._harbor_pages(f"{path}?q=tags%3Dnil", what, self._get):
                     found += [str(a["digest"]) for a in batch if not a.get("tags")]
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    raise RegistryError(
-                        f"list the untagged artifacts of {repo}: Harbor answered something unexpected"
-                    ) from None
-                if len(batch) < 100:
-                    return found
-                page += 1
+            except RegistryError as e:
+                if e.status not in (401, 403, 404):
+                    raise
+                # a repository the V2 API shows but this account may not list: its tags still come
+                log.info("Harbor does not list the artifacts of %s to this account (%s)", repo, e.status)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise RegistryError(f"{what}: Harbor answered something unexpected") from None
+            return found
 
         listed = dict(zip(repos, pool.map(untagged, repos)))
         log.info("Harbor lists %d untagged artifacts", sum(map(len, listed.values())))
@@ -361,10 +345,10 @@ def scan_registry(
             for repo, ds in (harbor or {}).items()
             if (left := [d for d in ds if d not in by_repo.get(repo, set())])
         }
+        loose: dict[str, set[str]] = {}
         if sel.untagged:
             fetch_by_digest([(repo, d) for repo, ds in unreached.items() for d in ds])
-        loose = _referrers(client, pool, by_repo, fetch_by_digest) if sel.untagged else {}
-        if sel.untagged:
+            loose = _referrers(client, pool, by_repo, fetch_by_digest)
             for repo, ds in unreached.items():
                 loose.setdefault(repo, set()).update(ds)
         for repo in list(loose):
