@@ -70,29 +70,37 @@ class RegistryAuth(httpx.Auth):
     def __init__(self, credentials: Credentials | None) -> None:
         self.credentials = credentials
         self._lock = threading.Lock()
-        self._tokens: dict[str, tuple[str, float]] = {}  # repository -> (token, expires at)
+        #: repository -> (token, expires at, grants push).  Per repository and not per scope: one token
+        #: serves a repository's reads and writes once it grants push.  A pull-only token never replaces a
+        #: live push token (a HEAD in another thread would otherwise leave a streamed upload holding a
+        #: token that is refused, and a streamed body cannot be sent again), and no write is sent with one
+        self._tokens: dict[str, tuple[str, float, bool]] = {}
         self._basic = False
 
     def _basic_header(self) -> str:
         assert self.credentials is not None
         return self.credentials.basic_header()
 
-    def header_for(self, repo: str) -> str | None:
-        """The Authorization value a request to ``repo`` carries now (a live token, or basic once the
-        registry asked for it), or None: what a lean request path sends without the auth flow."""
+    def _live(self, repo: str, write: bool) -> str | None:
         with self._lock:
             token = self._tokens.get(repo)
-            if token is not None and token[1] > time.monotonic():
-                return f"Bearer {token[0]}"
+        if token is not None and token[1] > time.monotonic() and (token[2] or not write):
+            return token[0]
+        return None
+
+    def header_for(self, repo: str, write: bool = False) -> str | None:
+        """The Authorization value a request to ``repo`` carries now (a live token that grants what the
+        request needs, or basic once the registry asked for it), or None: what a lean request path sends
+        without the auth flow."""
+        token = self._live(repo, write)
+        if token is not None:
+            return f"Bearer {token}"
         return self._basic_header() if self._basic else None
 
     def _apply(self, request: httpx.Request, repo: str) -> None:
-        with self._lock:
-            token = self._tokens.get(repo)
-            if token is not None and token[1] > time.monotonic():
-                request.headers["Authorization"] = f"Bearer {token[0]}"
-            elif self._basic:
-                request.headers["Authorization"] = self._basic_header()
+        auth = self.header_for(repo, write=request.method not in ("GET", "HEAD"))
+        if auth is not None:
+            request.headers["Authorization"] = auth
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if "Authorization" in request.headers:  # the caller chose (Harbor's /api takes basic auth)
@@ -121,8 +129,13 @@ class RegistryAuth(httpx.Auth):
             return
         if scheme != "bearer" or "realm" not in params:
             return
+        scopes = [s for s in params.get("scope", "").split(" ") if s]
         query: list[tuple[str, str | int | float | bool | None]] = [("service", params.get("service", ""))]
-        query += [("scope", s) for s in params.get("scope", "").split(" ") if s]
+        query += [("scope", s) for s in scopes]
+        # a challenge that names no scope for this repository says nothing of what the token grants: it is
+        # taken to grant writes, as it was before scopes were looked at
+        own = [s.rsplit(":", 1)[-1].split(",") for s in scopes if s.startswith(f"repository:{repo}:")]
+        push = not own or any("push" in actions or "*" in actions for actions in own)
         creds = self.credentials
         if creds is not None and creds.identity_token:
             # an identity token is an OAuth2 refresh token: exchanged by POST (the distribution token spec)
@@ -148,9 +161,12 @@ class RegistryAuth(httpx.Auth):
             expires_in = float(doc.get("expires_in") or 60)
         except (ValueError, AttributeError):
             return
+        now = time.monotonic()
         with self._lock:
-            # refresh 30 s early: a token that expires mid-upload fails the upload
-            self._tokens[repo] = (token, time.monotonic() + max(expires_in - 30, expires_in / 2))
+            held = self._tokens.get(repo)
+            if push or held is None or held[1] <= now or not held[2]:
+                # refresh 30 s early: a token that expires mid-upload fails the upload
+                self._tokens[repo] = (token, now + max(expires_in - 30, expires_in / 2), push)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
 

@@ -1,0 +1,75 @@
+"""The registry client's token handling against a real token-auth docker-registry (behind the Harbor
+stand-in's token service, which grants exactly the actions a challenge asks for, as Harbor does)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ferry.localregistry import Registry
+from ferry.shared.registry.client import ClientConfig, RegistryClient
+from ferry.shared.registry.credentials import Credentials
+from tests.support.harbor import HarborStandIn, TokenIssuer
+from tests.support.proxy import FaultPlan
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path) -> Iterator[HarborStandIn]:
+    issuer = TokenIssuer(tmp_path)
+    service = HarborStandIn(version="v2.10.0", issuer=issuer, faults=FaultPlan(), projects={"library"})
+    reg = Registry(tmp_path / "storage")
+    service.upstream = reg.host
+    service.start()
+    try:
+        reg.extra_config = issuer.registry_config(f"{service.url}/service/token")
+        with reg:
+            yield service
+    finally:
+        service.stop()
+
+
+def test_a_pull_token_that_lands_late_never_displaces_the_push_token(token_registry: HarborStandIn) -> None:
+    """A read and an upload to one repository in two threads: the read was challenged for pull before
+    the upload's push token arrived, and its pull-only token arrives after.  Were it cached over the push
+    token, the upload's streamed body would be refused and could not be sent again."""
+    service = token_registry
+    client = RegistryClient(
+        ClientConfig(url=service.url, credentials=Credentials(service.username, service.password))
+    )
+    plain = httpx.Client()
+    try:
+        # the read's auth flow, driven by hand so that its token lands at the worst moment
+        read = client.auth.auth_flow(httpx.Request("HEAD", client.url("/v2/library/app/manifests/v1")))
+        challenge = plain.send(next(read))
+        assert challenge.status_code == 401 and ':pull"' in challenge.headers["WWW-Authenticate"]
+        token_request = read.send(challenge)
+
+        opened = client.request(
+            "POST", client.url("/v2/library/app/blobs/uploads/"), expect=(202,), what="open an upload"
+        )
+        read.send(plain.send(token_request))  # the pull-only token arrives now
+        read.close()
+
+        blob = b"layer bytes " * 1000
+        digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
+        location = opened.headers["Location"]
+        put = client.request(
+            "PUT",
+            location + ("&" if "?" in location else "?") + f"digest={digest}",
+            expect=(201,),
+            what="finish the upload",
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(blob))},
+            content=iter([blob]),  # streamed: cannot be sent a second time
+        )
+        assert put.status_code == 201
+        head = client.request(
+            "HEAD", client.url(f"/v2/library/app/blobs/{digest}"), expect=(200,), what="check"
+        )
+        assert head.headers["Docker-Content-Digest"] == digest
+    finally:
+        plain.close()
+        client.close()
