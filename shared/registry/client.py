@@ -113,13 +113,19 @@ class RegistryAuth(httpx.Auth):
         if response.status_code != 401:
             return
         sent = request.headers.get("Authorization", "")
-        if sent.startswith("Bearer "):
-            # the cached token does not (or no longer) grant this: one asked for before a Harbor project
-            # existed grants nothing in it, and Harbor then challenges with basic.  Never sent again
+        scheme, params = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        scopes = [s for s in params.get("scope", "").split(" ") if s]
+        if sent.startswith("Bearer ") and (
+            scheme != "bearer" or all(s.startswith(f"repository:{repo}:") for s in scopes)
+        ):
+            # the cached token does not (or no longer) grant what it should: one asked for before a Harbor
+            # project existed grants nothing in it, and Harbor then challenges with basic.  Never sent
+            # again.  Kept when the challenge names another repository too (a mount's source): it still
+            # grants this one, and an upload in another thread is sending it now; the token that grants
+            # both replaces it in a moment
             with self._lock:
                 if self._tokens.get(repo, ("",))[0] == sent[7:]:
                     del self._tokens[repo]
-        scheme, params = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if scheme == "basic":
             if self.credentials is None or (self._basic and not sent.startswith("Bearer ")):
                 return
@@ -129,7 +135,6 @@ class RegistryAuth(httpx.Auth):
             return
         if scheme != "bearer" or "realm" not in params:
             return
-        scopes = [s for s in params.get("scope", "").split(" ") if s]
         query: list[tuple[str, str | int | float | bool | None]] = [("service", params.get("service", ""))]
         query += [("scope", s) for s in scopes]
         # a challenge that names no scope for this repository says nothing of what the token grants: it is

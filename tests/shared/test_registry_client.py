@@ -73,3 +73,51 @@ def test_a_pull_token_that_lands_late_never_displaces_the_push_token(token_regis
     finally:
         plain.close()
         client.close()
+
+
+def test_a_mount_challenged_for_its_source_leaves_the_upload_token_in_place(
+    token_registry: HarborStandIn,
+) -> None:
+    """A mount into a repository is challenged again: its token grants the repository but not a pull of
+    the mount's source.  An upload to the same repository in another thread is sending that token at the
+    moment; dropped from the cache then, the upload's streamed body would go out without it, be refused,
+    and could not be sent again ("authorization expired mid-request" under load)."""
+    service = token_registry
+    client = RegistryClient(
+        ClientConfig(url=service.url, credentials=Credentials(service.username, service.password))
+    )
+    plain = httpx.Client()
+    try:
+        opened = client.request(
+            "POST", client.url("/v2/library/app/blobs/uploads/"), expect=(202,), what="open an upload"
+        )
+        blob = b"layer bytes " * 1000
+        digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
+        # the mount's auth flow, driven by hand: challenged, and its new token not arrived yet
+        mount = client.auth.auth_flow(
+            httpx.Request(
+                "POST",
+                client.url("/v2/library/app/blobs/uploads/"),
+                params={"mount": digest, "from": "library/base"},
+            )
+        )
+        challenge = plain.send(next(mount))
+        assert challenge.status_code == 401 and "repository:library/base:pull" in challenge.headers.get(
+            "WWW-Authenticate", ""
+        )
+        mount.send(challenge)  # now fetching the token that grants both
+
+        location = opened.headers["Location"]
+        put = client.request(
+            "PUT",
+            location + ("&" if "?" in location else "?") + f"digest={digest}",
+            expect=(201,),
+            what="finish the upload",
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(blob))},
+            content=iter([blob]),  # streamed: cannot be sent a second time
+        )
+        assert put.status_code == 201
+        mount.close()
+    finally:
+        plain.close()
+        client.close()
