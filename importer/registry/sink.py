@@ -37,6 +37,7 @@ import httpx
 
 from ferry.shared.digest import CHUNK
 from ferry.shared.errors import RegistryError
+from ferry.shared.jobs import JobWindow
 from ferry.shared.manifest import SCHEMA1_TYPES, ManifestError, MediaType
 from ferry.shared.model import Catalog, Manifest
 from ferry.shared.progress import Progress, ProgressCallback, no_progress
@@ -48,6 +49,11 @@ from ferry.shared.store import BlobContent, SinkResult
 from .. import schema1
 
 log = logging.getLogger(__name__)
+
+#: what a finished manifest job is replaced by: a future holds a lock and a condition, and a push keeps one
+#: per manifest until the tags are set (130k of them at 100k tags)
+_LANDED: Future[None] = Future()
+_LANDED.set_result(None)
 
 SCHEMA1_REASON = (
     "schema 1 manifest: the bundle holds it as stored (unsigned) and registries only accept it signed; "
@@ -155,12 +161,18 @@ class RegistrySink:
         self._on_progress = on_progress
         self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="ferry-push")
         self._lock = threading.Lock()
-        self._blob_jobs: list[Future[None]] = []
+        # each kind in its own window: a manifest waits for the blobs only, a tag for its manifest only
+        window = max(16, 4 * jobs)
+        self._blob_jobs = JobWindow(self._pool, window)
+        self._manifest_window = JobWindow(self._pool, window)
+        self._tag_jobs = JobWindow(self._pool, window)
+        #: (target, digest) -> the job that PUTs it (``_LANDED`` once it did), looked up by what needs it
         self._manifest_jobs: dict[tuple[str, str], Future[None]] = {}
-        self._tag_jobs: list[Future[None]] = []
         self._where: dict[str, str] = {}  # digest -> a target repository known to hold it
         self._tagged_by_put: set[tuple[str, str]] = set()
-        self._raw: dict[str, bytes] = {}  # manifest bytes, for tags set after the manifest
+        #: manifest bytes for the tags set after the manifest (only of manifests with a second tag: the
+        #: first is set by the manifest's own PUT) and of manifests fetched from the target
+        self._raw: dict[str, bytes] = {}
         self._converted: dict[str, schema1.Converted] = {}  # schema 1 digest -> what is pushed instead
         self._diff_ids: dict[str, str] = {}  # layer digest -> uncompressed sha256, for schema 1 conversion
         self._diff_wanted: set[str] = set()
@@ -183,15 +195,22 @@ class RegistrySink:
     # -- protocol ----------------------------------------------------------------------------------
     def begin(self, catalog: Catalog) -> None:
         self._catalog = catalog
-        # blobs only a skipped (schema 1) manifest needs are not uploaded: they would leave tagless repositories
-        self._needed: set[tuple[str, str]] = set()
+        # blobs only a skipped (schema 1) manifest needs are not uploaded: they would leave tagless
+        # repositories.  Kept as the exceptions (usually none) to what the copy says a repository holds
+        self._unneeded: set[tuple[str, str]] = set()
         for repo in catalog.repositories:
+            skipped: set[str] = set()
+            pushed: set[str] = set()
             for d in repo.manifests:
                 m = catalog.manifests[d]
-                if m.media_type not in SCHEMA1_TYPES or self.convert_schema1:
-                    self._needed.update((repo.name, b) for b in m.blobs)
-                if m.media_type in SCHEMA1_TYPES and self.convert_schema1:
+                if m.media_type not in SCHEMA1_TYPES:
+                    pushed.update(m.blobs)
+                elif self.convert_schema1:
+                    pushed.update(m.blobs)
                     self._diff_wanted.update(m.blobs)
+                else:
+                    skipped.update(m.blobs)
+            self._unneeded.update((repo.name, b) for b in skipped - pushed)
         self._total_bytes = sum(b.size for b in catalog.blobs.values())
         self._images_total = sum(1 for _ in catalog.images())
         self._untagged = {(self.names[r.name], d) for r in catalog.repositories for d in r.untagged}
@@ -279,17 +298,17 @@ class RegistrySink:
                     self.stats.blobs_present += 1
                     self._where.setdefault(digest, target)
                 else:
-                    self._blob_jobs.append(self._pool.submit(self._carry_blob, target, digest, source))
+                    self._blob_jobs.submit(self._carry_blob, target, digest, source)
             else:
                 # after the blobs it needs (mounted just before) and its children (copied just before)
-                self._wait(self._blob_jobs)
+                self._blob_jobs.drain()
                 children = [
                     job
                     for c in self._catalog.manifests[digest].held_children
                     if (job := self._manifest_jobs.get((target, c.digest))) is not None
                 ]
-                self._manifest_jobs[key] = self._pool.submit(
-                    self._carry_manifest, target, digest, source, children
+                self._track(
+                    key, self._manifest_window.submit(self._carry_manifest, target, digest, source, children)
                 )
 
     def _carry_blob(self, repo: str, digest: str, source: str) -> None:
@@ -356,17 +375,17 @@ class RegistrySink:
 
     def put_blob(self, repos: Sequence[str], content: BlobContent) -> None:
         body = _Body(content)
-        targets = [self.names[r] for r in repos if (r, content.digest) in self._needed]
+        targets = [self.names[r] for r in repos if (r, content.digest) not in self._unneeded]
         if not targets:
             self._advance(content.size)
             return
         if content.stream is not None:
             # a stream is read now, once; it may have to go to several repositories or be retried
             body.spool_if_stream()
-        self._blob_jobs.append(self._pool.submit(self._blob, targets, body))
+        self._blob_jobs.submit(self._blob, targets, body)
 
     def put_manifest(self, repos: Sequence[str], manifest: Manifest, content: BlobContent) -> None:
-        self._wait(self._blob_jobs)
+        self._blob_jobs.drain()
         with content.open() as f:
             raw = f.read()
         if len(raw) != content.size or "sha256:" + hashlib.sha256(raw).hexdigest() != content.digest:
@@ -376,7 +395,8 @@ class RegistrySink:
                 )
             return
         assert self._catalog is not None
-        self._raw[content.digest] = raw
+        if any(len(self._tags_of.get((r, content.digest), ())) > 1 for r in repos):
+            self._raw[content.digest] = raw
         for repo in repos:
             target = self.names[repo]
             key = (target, content.digest)
@@ -439,9 +459,20 @@ class RegistrySink:
                 w.result()
             put()
 
-        self._manifest_jobs[key] = self._pool.submit(run) if waits else self._pool.submit(put)
+        self._track(key, self._manifest_window.submit(run if waits else put))
         for parked in self._parked.pop(key, []):
             self._submit_after(*parked)
+
+    def _track(self, key: tuple[str, str], job: Future[None]) -> None:
+        self._manifest_jobs[key] = job
+        job.add_done_callback(functools.partial(self._landed, key))
+
+    def _landed(self, key: tuple[str, str], job: Future[None]) -> None:
+        # in a pool thread: a job that finished without an exception is no longer needed as itself
+        if not job.cancelled() and job.exception() is None:
+            with self._lock:
+                if self._manifest_jobs.get(key) is job:
+                    self._manifest_jobs[key] = _LANDED
 
     def _release_parked(self) -> None:
         """What still waits for a manifest that will not be pushed (not in the bundle's repository, or
@@ -466,13 +497,13 @@ class RegistrySink:
         if (target, tag) in self._tagged_by_put or self._bad(target, digest):
             self._advance(images=1)  # set by the manifest's own PUT, or failed with it
             return
-        self._tag_jobs.append(self._pool.submit(self._put_tag, target, tag, digest))
+        self._tag_jobs.submit(self._put_tag, target, tag, digest)
 
     def commit(self) -> SinkResult:
         self._release_parked()
-        self._wait(self._blob_jobs)
-        self._wait(list(self._manifest_jobs.values()))
-        self._wait(self._tag_jobs)
+        self._blob_jobs.drain()
+        self._manifest_window.drain()
+        self._tag_jobs.drain()
         self._pool.shutdown()
         s = self.stats
         return SinkResult(
@@ -483,12 +514,6 @@ class RegistrySink:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- state -------------------------------------------------------------------------------------
-    def _wait(self, jobs: list[Future[None]]) -> None:
-        # emptied as it waits: every manifest waits for the blobs, and walking 10k finished futures for each
-        # of 5000 manifests was most of the client's CPU on a 5000-image push
-        while jobs:
-            jobs.pop().result()
-
     def _fail(self, repo: str, digest: str, reason: str) -> None:
         with self._lock:
             self.stats.failed.setdefault((repo, digest), reason)

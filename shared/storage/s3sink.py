@@ -21,11 +21,12 @@ import hashlib
 import logging
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from ..digest import Digest
 from ..errors import DigestMismatch
+from ..jobs import JobWindow
 from ..model import Catalog, Manifest
 from ..store import BlobContent, SinkResult
 from .paths import BlobData, LayerLink, ManifestRevisionLink, StorageLayout, TagCurrentLink, TagIndexEntryLink
@@ -62,8 +63,8 @@ class S3TreeSink:
         self.stats = RestoreStats()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="ferry-s3put")
-        self._jobs: list[Future[None]] = []
-        self._tags: list[Future[None]] = []
+        self._jobs = JobWindow(self._pool, 64)
+        self._tags = JobWindow(self._pool, 64)
         self._sizes: dict[str, int] | None = None  # key -> size, everything below the tree
         self._catalog: Catalog | None = None
         self._was: dict[tuple[str, str], str | None] = {}
@@ -112,7 +113,7 @@ class S3TreeSink:
 
     def put_carried(self, repos: Sequence[str], digest: str) -> None:
         assert self._catalog is not None
-        self._jobs.append(self._pool.submit(self._links, digest, digest in self._catalog.blobs, repos))
+        self._jobs.submit(self._links, digest, digest in self._catalog.blobs, repos)
 
     # -- the sink protocol -----------------------------------------------------------------------
     def begin(self, catalog: Catalog) -> None:
@@ -136,14 +137,10 @@ class S3TreeSink:
             self._drain()  # a stream is read now, in order
             self._one(repos, content, blob)
             return
-        self._jobs.append(self._pool.submit(self._one, repos, content, blob))
-        if len(self._jobs) > 64:
-            self._jobs.pop(0).result()
+        self._jobs.submit(self._one, repos, content, blob)
 
     def _drain(self) -> None:
-        jobs, self._jobs = self._jobs, []
-        for j in jobs:
-            j.result()
+        self._jobs.drain()
 
     def _one(self, repos: Sequence[str], content: BlobContent, blob: bool) -> None:
         d = content.digest
@@ -191,7 +188,7 @@ class S3TreeSink:
         if not self._tags_begun:
             self._drain()  # tags make images visible: only after every blob, manifest and link
             self._tags_begun = True
-        self._tags.append(self._pool.submit(self._tag, repo, tag, digest))
+        self._tags.submit(self._tag, repo, tag, digest)
 
     def _tag(self, repo: str, tag: str, digest: str) -> None:
         current = self.layout.path(TagCurrentLink(repo, tag))
@@ -217,8 +214,7 @@ class S3TreeSink:
 
     def commit(self) -> SinkResult:
         self._drain()
-        for t in self._tags:
-            t.result()
+        self._tags.drain()
         self._pool.shutdown()
         s = self.stats
         return SinkResult(

@@ -39,11 +39,12 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..digest import CHUNK, Digest
 from ..errors import DigestMismatch, DiskFull, OutputError
+from ..jobs import JobWindow
 from ..kcopy import KernelCopy
 from ..model import Catalog, Manifest
 from ..store import BlobContent, SinkResult
@@ -112,7 +113,8 @@ class StorageTreeSink:
         self._jobs = jobs or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._jobs, thread_name_prefix="ferry-restore")
         self._links: _LinkProcess | None = None
-        self._pending: list[Future[None]] = []
+        #: batches in flight, at most 8: bounded work, waiting for the oldest only
+        self._pending = JobWindow(self._pool, 8)
         self._batch: list[Callable[[], None]] = []
         self._batch_bytes = 0
         self._manifests_begun = self._tags_begun = False
@@ -272,9 +274,7 @@ class StorageTreeSink:
 
     def _drain(self) -> None:
         self._flush()
-        pending, self._pending = self._pending, []
-        for f in pending:
-            f.result()
+        self._pending.drain()
 
     # -- the sink protocol -----------------------------------------------------------------------
     @property
@@ -338,14 +338,12 @@ class StorageTreeSink:
         self._batch_bytes += size
         if len(self._batch) >= 32 or self._batch_bytes >= 8 << 20:
             self._flush()
-        while len(self._pending) > 8:  # bounded work in flight; wait for the oldest only
-            self._pending.pop(0).result()
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
         self._batch_bytes = 0
         if batch:
-            self._pending.append(self._pool.submit(_run_all, batch))
+            self._pending.submit(_run_all, batch)
 
     def _write_one(self, repos: Sequence[str], content: BlobContent, blob: bool) -> None:
         assert self._present is not None, "begin() lists the existing blobs"
@@ -423,10 +421,8 @@ class StorageTreeSink:
 
     def abort(self) -> None:
         self._batch = []
-        for f in self._pending:
-            f.cancel()
+        self._pending.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pending = []
         for tmp in list(self._tmp):
             _unlink(tmp)
         self._close_sources()
