@@ -417,7 +417,6 @@ def export(
             raise UsageError(
                 f"-o {output}: is a directory; name the bundle file, e.g. {Path(output) / 'registry.tar'}"
             )
-        from ferry.shared.registry.client import ClientConfig
         from ferry.shared.storage.s3fs import S3Config
 
         config = None
@@ -439,6 +438,9 @@ def export(
             url, found = _registry_access(
                 root, username, password_stdin, ca_cert, insecure, authfile, bundle_on_stdin=False
             )
+            # the HTTP stack only for a registry source (30 ms of every local export's start)
+            from ferry.shared.registry.client import ClientConfig
+
             config = ClientConfig(
                 url=url,
                 credentials=found.credentials,

@@ -187,6 +187,13 @@ def parse_link(content: bytes) -> Digest:
     return Digest.parse(content.decode("ascii", errors="replace"))
 
 
+def link_target(content: bytes) -> str | None:
+    """The digest a link file names, as text, or None when it is no strict link (the check of
+    :func:`parse_link`, without building a Digest: a walk reads two links per tag)."""
+    text = content.decode("ascii", errors="replace")
+    return text if Digest.is_valid(text) else None
+
+
 __all__ = [
     "NAME_MAX",
     "V2_SUFFIX",
@@ -202,6 +209,7 @@ __all__ = [
     "TagCurrentLink",
     "TagIndexEntryLink",
     "TagsDir",
+    "link_target",
     "parse_link",
     "repository_problem",
     "tag_problem",

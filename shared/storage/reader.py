@@ -45,7 +45,7 @@ from .paths import (
     StorageLayout,
     TagCurrentLink,
     TagsDir,
-    parse_link,
+    link_target,
     repository_problem,
     tag_problem,
 )
@@ -202,6 +202,13 @@ class _Budget:
         return True
 
 
+@dataclass(frozen=True)
+class _BadLink:
+    """A link file that names no digest (as the registry reads it)."""
+
+    reason: str
+
+
 class _Tree:
     def __init__(self, fs: TreeFS) -> None:
         self.fs = fs
@@ -247,14 +254,13 @@ class _Tree:
             # reversed onto the stack: popped in name order, a repository before the ones inside it
             stack.extend((f"{rel}/{d}", f"{name}/{d}" if name else d) for d in dirs if not d.startswith("_"))
 
-    def _link(self, path: str) -> Digest | str | None:
+    def _link(self, path: str) -> str | _BadLink | None:
+        """The digest the link at ``path`` names, what is wrong with it, or None when it is missing."""
         raw = self.fs.read(path, LINK_MAX)
         if raw is None:
             return None
-        try:
-            return parse_link(raw)
-        except ValueError:
-            return f"invalid link {raw[:80]!r}"
+        target = link_target(raw)
+        return target if target is not None else _BadLink(f"invalid link {raw[:80]!r}")
 
     def tags(self, repo: str) -> tuple[dict[str, str], list[Skipped]]:
         tags: dict[str, str] = {}
@@ -273,12 +279,12 @@ class _Tree:
             except SourceUnreadable as e:
                 self.unreadable.append(BrokenImage(repo, tag, "", f"tag link {e.reason}"))
                 continue
-            if isinstance(link, Digest):
-                tags[tag] = str(link)
+            if isinstance(link, str):
+                tags[tag] = link
             else:
                 reason = (
-                    link
-                    if isinstance(link, str)
+                    link.reason
+                    if link is not None
                     else "tag has no current/link (the registry cannot serve it)"
                 )
                 bad.append(Skipped(repo, tag, None, reason))
@@ -310,8 +316,8 @@ class _Tree:
                     )
                     continue
                 # a revision folder whose link is gone was deleted through the API
-                if isinstance(link, Digest) and str(link) == f"{alg}:{hexd}":
-                    out.add(str(link))
+                if link == f"{alg}:{hexd}":
+                    out.add(link)
         return out
 
     def blob_extent(self, digest: str) -> Extent | None:
@@ -330,7 +336,7 @@ class _Tree:
             link = self._link(self.p(ManifestRevisionLink(repo, Digest.parse(digest))))
         except SourceUnreadable:
             return False
-        return isinstance(link, Digest) and str(link) == digest
+        return link == digest
 
     def manifest(self, digest: str) -> _Loaded:
         got = self._manifests.get(digest)
