@@ -100,6 +100,27 @@ class TreeFS(Protocol):
         ...
 
 
+def _read_file(p: str, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of the regular file ``p``, or None when it is missing or no regular file.
+
+    open + read + close, no stat: on a large tree these few calls per file are the walk's cost.
+    O_NONBLOCK: a FIFO planted in the tree must not hang the export."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise _unreadable(p, e) from None
+    try:
+        return os.read(fd, limit)
+    except (IsADirectoryError, BlockingIOError):
+        return None
+    except OSError as e:
+        raise _unreadable(p, e) from None
+    finally:
+        os.close(fd)
+
+
 class DirFS:
     def __init__(self, v2: Path) -> None:
         self.v2 = str(v2)
@@ -120,41 +141,12 @@ class DirFS:
 
     def read(self, path: str, limit: int) -> bytes | None:
         # the walk's most frequent call (two links per tag): no extent is built for it
-        p = f"{self.v2}/{path}" if path else self.v2
-        try:
-            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as e:
-            raise _unreadable(p, e) from None
-        try:
-            return os.read(fd, limit)
-        except (IsADirectoryError, BlockingIOError):
-            return None
-        except OSError as e:
-            raise _unreadable(p, e) from None
-        finally:
-            os.close(fd)
+        return _read_file(self._abs(path), limit)
 
     def read_extent(self, path: str, limit: int) -> tuple[bytes, Extent] | None:
-        # open + read + close, no stat: on a large tree these few calls per file are the walk's cost.
-        # O_NONBLOCK: a FIFO planted in the tree must not hang the export.
         p = self._abs(path)
-        try:
-            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as e:
-            raise _unreadable(p, e) from None
-        try:
-            data = os.read(fd, limit)
-        except (IsADirectoryError, BlockingIOError):
-            return None
-        except OSError as e:
-            raise _unreadable(p, e) from None
-        finally:
-            os.close(fd)
-        return data, Extent(p, 0, len(data))
+        data = _read_file(p, limit)
+        return (data, Extent(p, 0, len(data))) if data is not None else None
 
     def extent(self, path: str) -> Extent | None:
         p = self._abs(path)

@@ -21,8 +21,7 @@ from ferry.localregistry import Registry
 from ferry.shared.errors import AuthError, UsageError
 from ferry.shared.registry.client import ClientConfig, RegistryClient, connect
 from ferry.shared.registry.credentials import Resolved, resolve
-from tests.support.harbor import HarborStandIn, TokenIssuer
-from tests.support.proxy import FaultPlan
+from tests.support.harbor import token_auth_registry
 
 USER, PASSWORD = "carol", "pa55-word"
 
@@ -141,33 +140,24 @@ def test_credential_helpers_are_run(registry: Registry, tmp_path: Path, kind: st
 
 
 def test_an_identity_token_is_exchanged_at_the_token_service(tmp_path: Path) -> None:
-    issuer = TokenIssuer(tmp_path)
-    service = HarborStandIn(version="v2.10.0", issuer=issuer, faults=FaultPlan(), projects={"library"})
-    service.refresh_tokens["idt-0123456789"] = "admin"
-    reg = Registry(tmp_path / "storage")
-    service.upstream = reg.host
-    service.start()
-    try:
-        reg.extra_config = issuer.registry_config(f"{service.url}/service/token")
-        with reg:
-            host = service.url.split("://", 1)[1]
-            _write(tmp_path / ".docker/config.json", {"auths": {host: {"identitytoken": "idt-0123456789"}}})
-            found = resolve(service.url, environ=_env(tmp_path))
-            assert found.credentials is not None and found.credentials.identity_token == "idt-0123456789"
-            client = RegistryClient(ClientConfig(url=service.url, credentials=found.credentials))
-            try:
-                connect(client, retries=1, backoff=0)
-                # a pull needs a token with the pull action, which only the refresh grant gave
-                r = client.request(
-                    "GET", client.url("/v2/library/none/tags/list"), expect=(200, 404), what="list"
-                )
-                assert r.status_code == 404  # authorized: the repository just does not exist
-            finally:
-                client.close()
-            posts = [c for c in service.calls if c[0] == "POST" and c[1] == "/service/token"]
-            assert posts and posts[0][2]["grant_type"] == ["refresh_token"]  # type: ignore[index]
-    finally:
-        service.stop()
+    with token_auth_registry(tmp_path) as service:
+        service.refresh_tokens["idt-0123456789"] = "admin"
+        host = service.url.split("://", 1)[1]
+        _write(tmp_path / ".docker/config.json", {"auths": {host: {"identitytoken": "idt-0123456789"}}})
+        found = resolve(service.url, environ=_env(tmp_path))
+        assert found.credentials is not None and found.credentials.identity_token == "idt-0123456789"
+        client = RegistryClient(ClientConfig(url=service.url, credentials=found.credentials))
+        try:
+            connect(client, retries=1, backoff=0)
+            # a pull needs a token with the pull action, which only the refresh grant gave
+            r = client.request(
+                "GET", client.url("/v2/library/none/tags/list"), expect=(200, 404), what="list"
+            )
+            assert r.status_code == 404  # authorized: the repository just does not exist
+        finally:
+            client.close()
+        posts = [c for c in service.calls if c[0] == "POST" and c[1] == "/service/token"]
+        assert posts and posts[0][2]["grant_type"] == ["refresh_token"]  # type: ignore[index]
 
 
 def test_a_401_names_every_source_that_was_tried(registry: Registry, tmp_path: Path) -> None:

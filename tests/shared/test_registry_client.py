@@ -10,26 +10,34 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ferry.localregistry import Registry
 from ferry.shared.registry.client import ClientConfig, RegistryClient
 from ferry.shared.registry.credentials import Credentials
-from tests.support.harbor import HarborStandIn, TokenIssuer
-from tests.support.proxy import FaultPlan
+from tests.support.harbor import HarborStandIn, token_auth_registry
 
 
 @pytest.fixture
 def token_registry(tmp_path: Path) -> Iterator[HarborStandIn]:
-    issuer = TokenIssuer(tmp_path)
-    service = HarborStandIn(version="v2.10.0", issuer=issuer, faults=FaultPlan(), projects={"library"})
-    reg = Registry(tmp_path / "storage")
-    service.upstream = reg.host
-    service.start()
-    try:
-        reg.extra_config = issuer.registry_config(f"{service.url}/service/token")
-        with reg:
-            yield service
-    finally:
-        service.stop()
+    with token_auth_registry(tmp_path) as service:
+        yield service
+
+
+def _finish_upload(client: RegistryClient, opened: httpx.Response, blob: bytes) -> None:
+    """The upload ``opened`` started, finished with ``blob`` as a streamed body (it cannot be sent twice:
+    a refusal of its token fails it), and the blob then served under its digest."""
+    digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
+    location = opened.headers["Location"]
+    put = client.request(
+        "PUT",
+        location + ("&" if "?" in location else "?") + f"digest={digest}",
+        expect=(201,),
+        what="finish the upload",
+        headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(blob))},
+        content=iter([blob]),
+    )
+    assert put.status_code == 201
+    repo = location.split("/v2/", 1)[1].split("/blobs/", 1)[0]
+    head = client.request("HEAD", client.url(f"/v2/{repo}/blobs/{digest}"), expect=(200,), what="check")
+    assert head.headers["Docker-Content-Digest"] == digest
 
 
 def test_a_pull_token_that_lands_late_never_displaces_the_push_token(token_registry: HarborStandIn) -> None:
@@ -54,22 +62,7 @@ def test_a_pull_token_that_lands_late_never_displaces_the_push_token(token_regis
         read.send(plain.send(token_request))  # the pull-only token arrives now
         read.close()
 
-        blob = b"layer bytes " * 1000
-        digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
-        location = opened.headers["Location"]
-        put = client.request(
-            "PUT",
-            location + ("&" if "?" in location else "?") + f"digest={digest}",
-            expect=(201,),
-            what="finish the upload",
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(blob))},
-            content=iter([blob]),  # streamed: cannot be sent a second time
-        )
-        assert put.status_code == 201
-        head = client.request(
-            "HEAD", client.url(f"/v2/library/app/blobs/{digest}"), expect=(200,), what="check"
-        )
-        assert head.headers["Docker-Content-Digest"] == digest
+        _finish_upload(client, opened, b"layer bytes " * 1000)
     finally:
         plain.close()
         client.close()
@@ -106,17 +99,7 @@ def test_a_mount_challenged_for_its_source_leaves_the_upload_token_in_place(
             "WWW-Authenticate", ""
         )
         mount.send(challenge)  # now fetching the token that grants both
-
-        location = opened.headers["Location"]
-        put = client.request(
-            "PUT",
-            location + ("&" if "?" in location else "?") + f"digest={digest}",
-            expect=(201,),
-            what="finish the upload",
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(blob))},
-            content=iter([blob]),  # streamed: cannot be sent a second time
-        )
-        assert put.status_code == 201
+        _finish_upload(client, opened, blob)
         mount.close()
     finally:
         plain.close()

@@ -17,6 +17,7 @@ forwarded to the real docker-registry behind it, which verifies the tokens this 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import http.client
 import json
@@ -24,6 +25,7 @@ import re
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -33,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from ferry.localregistry import Registry
 from ferry.shared.manifest import MANIFEST_TYPES
 
 from .proxy import FaultPlan, Proxy
@@ -277,3 +280,21 @@ class HarborStandIn:
                 "issued_at": datetime.datetime.now(datetime.UTC).isoformat(),
             },
         )
+
+
+@contextlib.contextmanager
+def token_auth_registry(tmp: Path) -> Iterator[HarborStandIn]:
+    """A real docker-registry that takes its tokens from the stand-in's token service (which grants exactly
+    the actions a challenge asks for, as Harbor does), reached through the stand-in; both stopped on exit,
+    also when the test fails."""
+    issuer = TokenIssuer(tmp)
+    service = HarborStandIn(version="v2.10.0", issuer=issuer, faults=FaultPlan(), projects={"library"})
+    reg = Registry(tmp / "storage")
+    service.upstream = reg.host
+    service.start()
+    try:
+        reg.extra_config = issuer.registry_config(f"{service.url}/service/token")
+        with reg:
+            yield service
+    finally:
+        service.stop()
