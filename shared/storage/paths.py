@@ -182,14 +182,10 @@ class StorageLayout:
         return f"{self.v2}/{rel}" if self.v2 else rel
 
 
-def parse_link(content: bytes) -> Digest:
-    """Parse a link file strictly, as the registry does (no newline, lower-case hex)."""
-    return Digest.parse(content.decode("ascii", errors="replace"))
-
-
 def link_target(content: bytes) -> str | None:
-    """The digest a link file names, as text, or None when it is no strict link (the check of
-    :func:`parse_link`, without building a Digest: a walk reads two links per tag)."""
+    """The digest a link file names, as text, or None when it is no strict link: read as the registry
+    reads it (no newline, lower-case hex), checked by the one digest validator, and no Digest built (a
+    walk reads two links per tag)."""
     text = content.decode("ascii", errors="replace")
     return text if Digest.is_valid(text) else None
 
@@ -210,7 +206,6 @@ __all__ = [
     "TagIndexEntryLink",
     "TagsDir",
     "link_target",
-    "parse_link",
     "repository_problem",
     "tag_problem",
     "valid_repository",

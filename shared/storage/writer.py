@@ -113,7 +113,7 @@ class StorageTreeSink:
         self._jobs = jobs or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._jobs, thread_name_prefix="ferry-restore")
         self._links: _LinkProcess | None = None
-        #: batches in flight, at most 8: bounded work, waiting for the oldest only
+        #: batches in flight, at most 8: bounded work (the feeder goes on when any one finishes)
         self._pending = JobWindow(self._pool, 8)
         self._batch: list[Callable[[], None]] = []
         self._batch_bytes = 0
